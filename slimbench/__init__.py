@@ -1,0 +1,3 @@
+"""slimbench: benchmark transformer compression methods apples-to-apples."""
+
+__version__ = "0.1.0"

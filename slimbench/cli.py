@@ -1,0 +1,217 @@
+"""The ``slimbench`` command.
+
+    slimbench [overrides]            one run (Hydra), prints its result table
+    slimbench -m [overrides]         a sweep (Hydra multirun), prints one row per job
+    slimbench leaderboard [options]  Markdown (+CSV) tables from the results store
+
+Before Hydra starts, the overrides are checked: an unknown config-group option
+(``method=nope``) is reported in one line with the available choices. Overrides of keys
+inside the validated nodes (``method.*``, ``model.*``, ``eval.*``, ``calib.*``,
+``tracker.*``) are passed to Hydra as ``++key=value`` so that slimbench's own validation
+reports a misspelt parameter with a suggestion, and so that a grid such as
+``method=dense,magnitude method.sparsity=0.3,0.5`` composes (dense ignores ``sparsity``,
+and the record says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "hydra/launcher")
+VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
+JOURNAL_ENV = "SLIMBENCH_JOURNAL"
+INVOCATION_ENV = "SLIMBENCH_INVOCATION"
+
+log = logging.getLogger("slimbench")
+
+
+def _options(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Check config-group choices and rewrite validated-node overrides; raises ConfigError."""
+    from slimbench.errors import ConfigError
+
+    custom_search_path = any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in argv)
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in GROUPS and not custom_search_path:
+            options = _options(key)
+            for choice in value.split(","):
+                choice = choice.strip()
+                if choice and choice not in options and not any(ch in choice for ch in "*?()[]{}"):
+                    close = difflib.get_close_matches(choice, options, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    label = key.split("/")[-1]
+                    raise ConfigError(f"unknown {label} {choice!r} (available: {', '.join(options)}){hint}")
+        if eq and key.startswith(VALIDATED_NODES):
+            arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def _append_journal(entry: dict) -> None:
+    path = os.environ.get(JOURNAL_ENV)
+    if not path:
+        return
+    line = json.dumps(entry, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def _task(cfg) -> None:
+    """Hydra task function: one job of a run or a sweep. Never raises for a bad run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from slimbench.errors import ConfigError
+    from slimbench.run import run_experiment
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
+    entry = {"job": hc.job.get("num", 0) if multirun else 0, "overrides": overrides}
+    if cfg.get("threads") is None and multirun:
+        n_jobs = hc.launcher.get("n_jobs") if hc.launcher else None
+        if n_jobs and int(n_jobs) > 1:
+            from slimbench._system import cpu_count
+
+            cfg.threads = max(1, cpu_count() // int(n_jobs))
+    try:
+        outcome = run_experiment(cfg, lenient_method_params=multirun, invocation_id=os.environ.get(INVOCATION_ENV))
+        entry.update(status=outcome.status, run_id=outcome.run_id, path=str(outcome.path or ""), reason=outcome.reason)
+        if outcome.record and outcome.status == "failed":
+            entry["error"] = outcome.record.get("error", {}).get("message")
+        if outcome.status == "skipped":
+            log.info("skipped %s: %s", outcome.run_id, outcome.reason)
+    except ConfigError as exc:
+        print(f"slimbench: error: {exc}", file=sys.stderr, flush=True)
+        entry.update(status="invalid", error=str(exc))
+    except Exception as exc:  # a bug, not a bad run: keep the sweep going, show the traceback
+        log.exception("run crashed before it could be recorded")
+        entry.update(status="crashed", error=f"{type(exc).__name__}: {exc}")
+    _append_journal(entry)
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
+
+
+def _summarize(entries: list[dict], multirun: bool) -> int:
+    from slimbench.leaderboard.tables import fmt, markdown_table, record_table
+
+    if not entries:
+        return 1
+    if not multirun:
+        entry = entries[0]
+        if entry["status"] in ("invalid", "crashed"):
+            return 2 if entry["status"] == "invalid" else 1
+        record = json.loads(Path(entry["path"]).read_text()) if entry.get("path") else None
+        if record is None and entry["status"] == "skipped":
+            print(f"\nskipped {entry['run_id']}: {entry.get('reason', '')}")
+            return 0
+        status = record["status"]
+        head = f"{record['model']['name']} · {record['method']['name']} · run {record['run_id']} · {status}"
+        if entry["status"] == "skipped":
+            head += " (from the store; force=true re-runs)"
+        print(f"\n### {head}\n\n{record_table(record)}")
+        if record.get("error"):
+            print(f"\nerror ({record['error']['stage']}): {record['error']['type']}: {record['error']['message']}")
+        print(f"\nrecord: {entry.get('path') or '(store)'}")
+        return 0 if status == "ok" else 1
+
+    rows = []
+    for e in sorted(entries, key=lambda e: e.get("job", 0)):
+        metrics: dict = {}
+        path = e.get("path")
+        if path and Path(path).is_file():
+            rec = json.loads(Path(path).read_text())
+            metrics = {f"{m['evaluator']}.{m['name']}": m["value"] for m in rec.get("metrics", [])}
+        rows.append(
+            [
+                str(e.get("job", "")),
+                " ".join(e.get("overrides", [])),
+                e["status"],
+                (e.get("run_id") or "-")[:10],
+                fmt(metrics.get("perplexity.perplexity"), "{:.3f}"),
+                fmt(metrics.get("latency.decode_tokens_per_s"), "{:.1f}"),
+                (e.get("error") or e.get("reason") or "")[:70],
+            ]
+        )
+    print("\n### sweep\n\n" + markdown_table(["job", "overrides", "status", "run_id", "ppl", "decode tok/s", "note"], rows))
+    statuses = {e["status"] for e in entries}
+    return 2 if "invalid" in statuses else 1 if statuses & {"failed", "crashed"} else 0
+
+
+def leaderboard_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="slimbench leaderboard", description="Tables from the results store.")
+    parser.add_argument("--results-dir", default=os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs"))
+    parser.add_argument("--model", help="only this model")
+    parser.add_argument("--suite", help="only this eval suite")
+    parser.add_argument("--csv", help="CSV output path (default: <results-dir>/leaderboard.csv)")
+    args = parser.parse_args(argv)
+    from slimbench.leaderboard.tables import leaderboard_markdown, load_records, write_csv
+
+    if not Path(args.results_dir).is_dir():
+        print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
+        return 2
+    records = load_records(args.results_dir, model=args.model, suite=args.suite)
+    print(leaderboard_markdown(records))
+    csv = write_csv(records, args.csv or Path(args.results_dir) / "leaderboard.csv")
+    print(f"\n{len(records)} runs; CSV: {csv}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "leaderboard":
+        return leaderboard_main(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    from slimbench.errors import ConfigError
+
+    try:
+        argv = preflight(argv)
+    except ConfigError as exc:
+        print(f"slimbench: error: {exc}", file=sys.stderr)
+        return 2
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    informational = any(a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
+    fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl")
+    os.close(fd)
+    os.environ[JOURNAL_ENV] = journal
+    os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex[:12])
+    saved_argv, sys.argv = sys.argv, [sys.argv[0] or "slimbench", *argv]
+    code = 0
+    try:
+        _hydra_main()
+    except SystemExit as exc:  # Hydra exits on composition errors after printing them
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        entries = [json.loads(line) for line in Path(journal).read_text().splitlines() if line.strip()]
+        os.unlink(journal)
+    if informational:
+        return code
+    return code or _summarize(entries, multirun)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

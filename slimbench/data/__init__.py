@@ -1,0 +1,1 @@
+"""Datasets: text corpora (perplexity, calibration) and the seeded calibration sampler."""

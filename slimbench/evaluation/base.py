@@ -1,0 +1,59 @@
+"""Evaluator protocol, the Metric type and the evaluator registry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from slimbench.models.bundle import ModelBundle
+from slimbench.registry import Registry
+
+
+@dataclass
+class Metric:
+    name: str
+    value: float | None
+    stderr: float | None = None
+    higher_is_better: bool | None = None
+    unit: str = ""
+    evaluator: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    metrics: list[Metric]
+    protocol: dict = field(default_factory=dict)  # what was measured, exactly (fingerprinted)
+    details: dict = field(default_factory=dict)  # anything else worth keeping in the record
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    data_dir: Path | None
+    device: str
+    seed: int
+    threads: int
+
+
+class Evaluator(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type]
+    kinds: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: Any) -> None: ...
+
+    def check(self, ctx: EvalContext) -> dict:
+        """Pre-load validation; returns the data fingerprints this evaluator will read."""
+
+    def __call__(self, bundle: ModelBundle, ctx: EvalContext) -> EvalResult: ...
+
+
+EVALUATORS: Registry[type] = Registry("evaluator")
+
+
+def supports(evaluator_cls: type, kind: str) -> bool:
+    return kind in evaluator_cls.kinds

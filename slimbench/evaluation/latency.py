@@ -1,0 +1,208 @@
+"""Latency: prefill time and KV-cached decode throughput (causal LMs), denoiser step time (DiT).
+
+Each repeat runs the full workload; ``warmup`` repeats are run first and discarded. Reported:
+median and p90 over repeats, peak resident memory during the measurement, the KV-cache
+bytes per token read off the cache object, the model's bytes, and the decode's achieved
+weight bandwidth as a fraction of this machine's measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from slimbench._system import measure_peak_rss
+from slimbench.errors import ConfigError
+from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
+from slimbench.evaluation.size import footprint
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    prompt_len: int = 128
+    new_tokens: int = 32
+    batch_size: int = 1
+    warmup: int = 1
+    repeats: int = 5
+    denoise_steps: int = 10  # diffusion models: denoiser forwards per repeat
+
+    def __post_init__(self) -> None:
+        for key in ("prompt_len", "new_tokens", "batch_size", "repeats", "denoise_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def quantiles(values: list[float]) -> tuple[float, float]:
+    """(median, p90)."""
+    return percentile(values, 50), percentile(values, 90)
+
+
+_BANDWIDTH: dict[str, float] = {}
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Measured memory bandwidth (bytes/s) of a large tensor copy: read + write bytes / time."""
+    key = str(device)
+    if key not in _BANDWIDTH:
+        src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+        times = []
+        for _ in range(repeats + 1):
+            _sync(device)
+            start = time.perf_counter()
+            dst.copy_(src)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        _BANDWIDTH[key] = 2 * nbytes / min(times[1:])
+    return _BANDWIDTH[key]
+
+
+def kv_cache_bytes(cache) -> int:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _repeat(fn: Callable[[], dict], warmup: int, repeats: int) -> list[dict]:
+    for _ in range(warmup):
+        fn()
+    return [fn() for _ in range(repeats)]
+
+
+@EVALUATORS.register("latency")
+class Latency:
+    name = "latency"
+    version = "1"
+    Config = LatencyConfig
+    kinds = ("causal_lm", "diffusion")
+
+    def __init__(self, config: LatencyConfig) -> None:
+        self.config = config
+
+    def check(self, ctx: EvalContext) -> dict:
+        return {}
+
+    def __call__(self, bundle, ctx: EvalContext) -> EvalResult:
+        measure = self._causal_lm if bundle.kind == "causal_lm" else self._diffusion
+        self._details: dict = {}
+        with measure_peak_rss() as peak:
+            metrics, protocol = measure(bundle)
+        size = footprint(bundle.model, bundle.adapter)
+        metrics.append(Metric("peak_rss", peak.peak_rss_bytes / 2**20, higher_is_better=False, unit="MiB"))
+        metrics.append(Metric("model_bytes", size.bytes / 2**20, higher_is_better=False, unit="MiB"))
+        protocol.update(
+            {
+                "batch_size": self.config.batch_size,
+                "warmup": self.config.warmup,
+                "repeats": self.config.repeats,
+                "threads": torch.get_num_threads(),
+                "device": ctx.device,
+                "peak_memory": peak.method,
+            }
+        )
+        return EvalResult(metrics, protocol, details=self._details)
+
+    # -- causal LM: prefill + greedy decode with a KV cache ---------------------------------------
+    def _causal_lm(self, bundle) -> tuple[list[Metric], dict]:
+        cfg, model = self.config, bundle.model
+        device = next(model.parameters()).device
+        vocab = model.get_input_embeddings().weight.shape[0]
+        gen = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, vocab, (cfg.batch_size, cfg.prompt_len), generator=gen).to(device)
+        cache_bytes: list[int] = []
+
+        def once() -> dict:
+            with torch.inference_mode():
+                _sync(device)
+                t0 = time.perf_counter()
+                out = model(input_ids=prompt, use_cache=True)
+                _sync(device)
+                t1 = time.perf_counter()
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                for _ in range(cfg.new_tokens):
+                    out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                _sync(device)
+                t2 = time.perf_counter()
+            cache_bytes.append(kv_cache_bytes(cache))
+            return {"prefill": t1 - t0, "decode": t2 - t1}
+
+        runs = _repeat(once, cfg.warmup, cfg.repeats)
+        prefill_med, prefill_p90 = quantiles([1e3 * r["prefill"] for r in runs])
+        tok_s = [cfg.batch_size * cfg.new_tokens / r["decode"] for r in runs]
+        tok_med, tok_p10 = percentile(tok_s, 50), percentile(tok_s, 10)  # p10: the slow end
+        ms_per_token = [1e3 * r["decode"] / cfg.new_tokens for r in runs]
+        ms_med, ms_p90 = quantiles(ms_per_token)
+        tokens_in_cache = cfg.batch_size * (cfg.prompt_len + cfg.new_tokens)
+        kv_per_token = cache_bytes[-1] / tokens_in_cache if cache_bytes[-1] else 0.0
+
+        weights = footprint(model, bundle.adapter)
+        bandwidth = copy_bandwidth(device)
+        achieved = weights.weight_bytes_per_decode_step / (ms_med / 1e3)
+        metrics = [
+            Metric("prefill_ms", prefill_med, higher_is_better=False, unit="ms"),
+            Metric("prefill_ms_p90", prefill_p90, higher_is_better=False, unit="ms"),
+            Metric("decode_tokens_per_s", tok_med, higher_is_better=True, unit="tokens/s"),
+            Metric("decode_tokens_per_s_p10", tok_p10, higher_is_better=True, unit="tokens/s"),
+            Metric("decode_ms_per_token", ms_med, higher_is_better=False, unit="ms"),
+            Metric("decode_ms_per_token_p90", ms_p90, higher_is_better=False, unit="ms"),
+            Metric("kv_cache_bytes_per_token", kv_per_token, higher_is_better=False, unit="bytes"),
+            Metric("bandwidth_fraction", achieved / bandwidth, higher_is_better=True, unit="fraction"),
+        ]
+        self._details = {"machine_copy_bandwidth_GBps": round(bandwidth / 1e9, 2)}
+        protocol = {
+            "workload": "prefill random prompt, then greedy decode with KV cache",
+            "prompt_len": cfg.prompt_len,
+            "new_tokens": cfg.new_tokens,
+        }
+        return metrics, protocol
+
+    # -- diffusion: one denoiser forward per step ---------------------------------------------------
+    def _diffusion(self, bundle) -> tuple[list[Metric], dict]:
+        cfg, model = self.config, bundle.model
+        arch = model.config
+        device = next(model.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(cfg.batch_size, arch.channels, arch.img_size, arch.img_size, generator=gen).to(device)
+        t = torch.full((cfg.batch_size,), 500, device=device)
+        y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
+
+        def once() -> dict:
+            with torch.inference_mode():
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(cfg.denoise_steps):
+                    model(x, t, y)
+                _sync(device)
+                return {"step": (time.perf_counter() - t0) / cfg.denoise_steps}
+
+        runs = _repeat(once, cfg.warmup, cfg.repeats)
+        med, p90 = quantiles([1e3 * r["step"] for r in runs])
+        metrics = [
+            Metric("step_ms", med, higher_is_better=False, unit="ms"),
+            Metric("step_ms_p90", p90, higher_is_better=False, unit="ms"),
+        ]
+        return metrics, {"workload": "denoiser forward at t=500", "steps": cfg.denoise_steps}

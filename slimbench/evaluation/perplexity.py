@@ -1,0 +1,110 @@
+"""Token perplexity, GPTQ/SparseGPT/Wanda protocol.
+
+The corpus rows are joined (WikiText-2: "\\n\\n"), tokenized once, and cut into
+non-overlapping windows of ``seqlen`` tokens (a partial last window is dropped). Each window
+is one forward pass; its loss is the mean NLL of tokens 2..seqlen given the ones before.
+Perplexity = exp(mean over windows of the window mean NLL). ``max_windows`` evaluates only
+the first windows and is part of the protocol fingerprint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from slimbench.data.corpora import load_corpus, resolve_corpus
+from slimbench.data.sampler import tokenize_stream
+from slimbench.errors import ConfigError
+from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    dataset: str = "wikitext2"
+    split: str = "test"
+    seqlen: int = 2048
+    max_windows: int | None = None
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seqlen < 2:
+            raise ConfigError(f"seqlen must be >= 2, got {self.seqlen}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ConfigError(f"max_windows must be >= 1 or null, got {self.max_windows}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def window_nlls(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
+    """Mean token NLL of each window [n_windows, seqlen] -> [n_windows] (float64)."""
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    device = next(model.parameters()).device
+    with torch.inference_mode(), tqdm(total=windows.shape[0], desc=desc, unit="win", mininterval=2.0) as bar:
+        for start in range(0, windows.shape[0], batch_size):
+            ids = windows[start : start + batch_size].to(device)  # [B, T]
+            logits = model(input_ids=ids, use_cache=False).logits  # [B, T, V]
+            nll = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
+            ).view(ids.shape[0], -1)  # [B, T-1]
+            out[start : start + ids.shape[0]] = nll.mean(dim=1).double().cpu()
+            bar.update(ids.shape[0])
+    return out
+
+
+@EVALUATORS.register("perplexity")
+class Perplexity:
+    name = "perplexity"
+    version = "1"
+    Config = PerplexityConfig
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: PerplexityConfig) -> None:
+        self.config = config
+
+    def check(self, ctx: EvalContext) -> dict:
+        self._ref = resolve_corpus(self.config.dataset, self.config.split, ctx.data_dir)
+        return {f"{self.config.dataset}/{self.config.split}": self._ref.fingerprint()}
+
+    def __call__(self, bundle, ctx: EvalContext) -> EvalResult:
+        cfg = self.config
+        max_pos = getattr(bundle.model.config, "max_position_embeddings", None)
+        if max_pos is not None and cfg.seqlen > max_pos:
+            raise ConfigError(f"perplexity seqlen {cfg.seqlen} exceeds the model's max_position_embeddings {max_pos}")
+        corpus = load_corpus(self._ref)
+        ids = tokenize_stream(bundle.tokenizer, corpus)
+        n_windows = ids.numel() // cfg.seqlen
+        if n_windows == 0:
+            raise ConfigError(f"{cfg.dataset} {cfg.split} has {ids.numel()} tokens, fewer than one window of {cfg.seqlen}")
+        if cfg.max_windows is not None:
+            n_windows = min(n_windows, cfg.max_windows)
+        windows = ids[: n_windows * cfg.seqlen].view(n_windows, cfg.seqlen)
+
+        start = time.perf_counter()
+        nlls = window_nlls(bundle.model, windows, cfg.batch_size, desc=f"perplexity {cfg.dataset}/{cfg.split}")
+        elapsed = time.perf_counter() - start
+
+        mean_nll = nlls.mean().item()
+        nll_se = (nlls.std(unbiased=True).item() / math.sqrt(n_windows)) if n_windows > 1 else None
+        ppl = math.exp(mean_nll)
+        metrics = [
+            Metric("perplexity", ppl, stderr=None if nll_se is None else ppl * nll_se, higher_is_better=False),
+            Metric("nll", mean_nll, stderr=nll_se, higher_is_better=False, unit="nats/token"),
+            Metric("eval_tokens_per_s", n_windows * cfg.seqlen / elapsed, higher_is_better=True, unit="tokens/s"),
+        ]
+        protocol = {
+            **self._ref.fingerprint(),
+            "text_sha256": corpus.text_sha256,
+            "tokens_in_stream": int(ids.numel()),
+            "seqlen": cfg.seqlen,
+            "windows": n_windows,
+            "max_windows": cfg.max_windows,
+            "tokens_evaluated": n_windows * cfg.seqlen,
+            "aggregation": "exp(mean of window mean NLL), non-overlapping windows, partial last dropped",
+            "batch_size": cfg.batch_size,
+        }
+        return EvalResult(metrics, protocol, details={"wall_time_s": elapsed})

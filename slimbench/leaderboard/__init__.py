@@ -1,0 +1,1 @@
+"""Tables built from the results store: leaderboards (and, later, Pareto plots and claims)."""

@@ -1,0 +1,101 @@
+"""Markdown/CSV tables from run records, never mixing protocol fingerprints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from slimbench.store import ResultStore, flatten_record
+
+# (column in the flattened record, header, format)
+HEADLINE_COLUMNS: list[tuple[str, str, str]] = [
+    ("perplexity.perplexity", "ppl", "{:.3f}"),
+    ("latency.prefill_ms", "prefill ms", "{:.1f}"),
+    ("latency.decode_tokens_per_s", "decode tok/s", "{:.1f}"),
+    ("latency.kv_cache_bytes_per_token", "KV B/token", "{:.0f}"),
+    ("size.params", "params", "{:,.0f}"),
+    ("size.bits_per_weight", "bits/weight", "{:.2f}"),
+    ("size.sparsity", "sparsity", "{:.3f}"),
+    ("compression.wall_time_s", "compress s", "{:.1f}"),
+]
+
+
+def fmt(value, pattern: str = "{}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return fmt(value)
+    if isinstance(value, int) or (value.is_integer() and abs(value) >= 1e4):
+        return f"{int(value):,}"
+    return fmt(value, "{:.6g}")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
+    """One table per (model, protocol fingerprint) group; one row per run."""
+    rows = [flatten_record(r) for r in records]
+    if not rows:
+        return "(no records)"
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["suite"], row["protocol_fingerprint"]), []).append(row)
+    out = []
+    for (model, suite, fp), members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        cols = [c for c in HEADLINE_COLUMNS if any(m.get(c[0]) is not None for m in members)]
+        headers = ["method", "config", "status", "path"] + [c[1] for c in cols] + ["run_id"]
+        body = []
+        for m in sorted(members, key=lambda r: (r["method"] != "dense", r["method"], r["method_config"])):
+            status = m["status"] if m["status"] == "ok" else f"failed: {m.get('error') or ''}"[:60]
+            body.append(
+                [m["method"], m["method_config"], status, m.get("execution_path") or "-"]
+                + [fmt(m.get(c[0]), c[2]) for c in cols]
+                + [m["run_id"][:10]]
+            )
+        label = f"protocol {fp}" if fp else "no protocol (runs that failed before evaluating)"
+        out.append(f"### {title_prefix}{model} · suite {suite} · {label}\n\n" + markdown_table(headers, body))
+    return "\n\n".join(out)
+
+
+def write_csv(records: list[dict], path: str | Path) -> Path:
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([flatten_record(r) for r in records]).to_csv(path, index=False)
+    return path
+
+
+def load_records(results_dir: str | Path, model: str | None = None, suite: str | None = None) -> list[dict]:
+    records = ResultStore(results_dir).latest()
+    if model:
+        records = [r for r in records if r.get("model", {}).get("name") == model]
+    if suite:
+        records = [r for r in records if r.get("eval", {}).get("suite") == suite]
+    return records
+
+
+def record_table(record: dict) -> str:
+    """All metrics of one record as a Markdown table."""
+    rows = [
+        [f"{m['evaluator']}.{m['name']}", _number(m["value"]), fmt(m.get("stderr"), "{:.3g}"), m.get("unit", "")]
+        for m in record.get("metrics", [])
+    ]
+    comp = record.get("compression") or {}
+    for key in ("execution_path", "sparsity", "params_after", "bytes_after", "wall_time_s"):
+        if key in comp:
+            rows.append([f"compression.{key}", _number(comp[key]), "", ""])
+    return markdown_table(["metric", "value", "stderr", "unit"], rows)

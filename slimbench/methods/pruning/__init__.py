@@ -1,0 +1,1 @@
+"""Pruning methods (unstructured, N:M, structured)."""

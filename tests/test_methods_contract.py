@@ -1,0 +1,95 @@
+"""Contract tests over the whole method registry.
+
+Adding a method = one Python file + one YAML preset + a row in CONTRACT below. A registered
+method without a preset or a row fails ``test_registry_is_covered``.
+"""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from slimbench.configs import build_dataclass, config_to_dict
+from slimbench.data.corpora import resolve_corpus
+from slimbench.data.sampler import CalibConfig, build_calibration_set
+from slimbench.methods import METHODS
+from slimbench.methods.base import EXECUTION_PATHS
+from slimbench.run import compress
+from tests.conftest import CONF_DIR
+
+
+@dataclass(frozen=True)
+class Contract:
+    model: str = "tiny-llama"
+    overrides: tuple = ()
+    sparsity: float | None = None  # measured sparsity the method must produce, if any
+    changes_weights: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+CONTRACT = {
+    "dense": Contract(sparsity=0.0, changes_weights=False),
+    "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+}
+
+
+def _method_from_preset(name, overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={name}", *[f"++{o}" for o in overrides]])
+    params = OmegaConf.to_container(cfg.method, resolve=True)
+    cls = METHODS.get(params.pop("name"))
+    return cls, cls(build_dataclass(cls.Config, params, owner=name))
+
+
+def _calibration(bundle, data_dir):
+    ref = resolve_corpus("wikitext2", "validation", data_dir)
+    return build_calibration_set(CalibConfig(nsamples=4, seqlen=64, seed=0), ref, bundle.tokenizer)
+
+
+def test_registry_is_covered():
+    for name in METHODS.names():
+        assert (CONF_DIR / "method" / f"{name}.yaml").is_file(), f"method {name} has no conf/method/{name}.yaml"
+        assert name in CONTRACT, f"method {name} has no row in the contract table"
+    for preset in (CONF_DIR / "method").glob("*.yaml"):
+        assert OmegaConf.load(preset).name in METHODS, f"{preset.name} names an unregistered method"
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_method_contract(name, tiny_bundle, data_dir):
+    contract = CONTRACT[name]
+    cls, method = _method_from_preset(name, contract.overrides)
+
+    # config round trip
+    assert build_dataclass(cls.Config, config_to_dict(method.config), owner=name) == method.config
+
+    def run_once():
+        torch.manual_seed(0)
+        bundle = tiny_bundle(contract.model)
+        calib = _calibration(bundle, data_dir) if cls.requires_calibration else None
+        before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+        report = compress(method, bundle, calib)
+        return bundle, before, report
+
+    bundle, before, report = run_once()
+    assert report.execution_path in EXECUTION_PATHS
+    ids = bundle.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = bundle.model(ids).logits
+    assert torch.isfinite(logits).all()
+
+    after = bundle.model.state_dict()
+    changed = any(k not in after or not torch.equal(before[k], after[k]) for k in before)
+    assert changed == contract.changes_weights
+    if contract.sparsity is not None:
+        zeros = sum(int((m.weight == 0).sum()) for m in bundle.adapter.linear_paths(bundle.model).values())
+        total = sum(m.weight.numel() for m in bundle.adapter.linear_paths(bundle.model).values())
+        assert report.sparsity == pytest.approx(zeros / total)  # reported = measured
+        assert report.sparsity == pytest.approx(contract.sparsity, abs=0.01)
+    assert report.params_after == sum(p.numel() for p in bundle.model.parameters())
+
+    # seeded determinism
+    bundle2, _, _ = run_once()
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, bundle2.model.state_dict()[key]), key
