@@ -209,6 +209,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             stage = "calibration data"
             with watch.time("calibration_data_s"):
                 calib = build_calibration_set(plan.calib_config, plan.calib_ref, bundle.tokenizer)
+                calib.cache_dir = plan.load_ctx.cache_dir
         stage = "compress"
         record.compression = compress(plan.method, bundle, calib).to_dict()
         watch.durations["compress_s"] = record.compression["wall_time_s"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -39,6 +41,12 @@ class CalibrationSet:
     config: CalibConfig
     corpus: CorpusRef
     starts: list[int] = field(default_factory=list)
+    cache_dir: Path | None = None  # where shared calibration statistics are cached
+
+    def samples(self) -> Iterator[dict]:
+        """Model inputs, one calibration window at a time."""
+        for i in range(self.input_ids.shape[0]):
+            yield {"input_ids": self.input_ids[i : i + 1], "use_cache": False}
 
     def fingerprint(self) -> dict:
         c = self.config

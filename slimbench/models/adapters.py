@@ -63,6 +63,8 @@ class Adapter:
     mlp: str | None
     linears: dict[str, str]
     norms: dict[str, str] = field(default_factory=dict)
+    # roles that read the same input tensor (one set of input statistics serves the group)
+    input_groups: tuple[tuple[str, ...], ...] = ()
     rotary: str | None = None
     moe: MoESpec | None = None
     # Conv1D (GPT-2) stores weight as [in, out]; everything else is nn.Linear [out, in].
@@ -102,6 +104,13 @@ class Adapter:
         """The weight as [out_features, in_features] (a view; writes go to the module)."""
         w = module.weight
         return w.t() if self.transposed_weights else w
+
+    def input_group(self, role: str) -> tuple[str, ...]:
+        """The roles that share ``role``'s input (just ``(role,)`` if it shares with none)."""
+        for group in self.input_groups:
+            if role in group:
+                return group
+        return (role,)
 
     def norm(self, block: nn.Module, role: str) -> nn.Module | None:
         return get_path(block, self.norms.get(role))
@@ -146,6 +155,7 @@ _LLAMA = Adapter(
         "down": "mlp.down_proj",
     },
     norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
+    input_groups=(("q", "k", "v"), ("o",), ("gate", "up"), ("down",)),
     rotary="model.rotary_emb",
 )
 for _name in ("llama", "mistral", "qwen2", "qwen3"):
@@ -168,6 +178,7 @@ ADAPTERS.register(
             "mlp_in": "pre_feedforward_layernorm",
             "mlp_out": "post_feedforward_layernorm",
         },
+        input_groups=_LLAMA.input_groups,
         rotary="model.rotary_emb",
     ),
 )
@@ -191,6 +202,7 @@ ADAPTERS.register(
             "down": "fc2",
         },
         norms={"attn_in": "self_attn_layer_norm", "mlp_in": "final_layer_norm"},
+        input_groups=(("q", "k", "v"), ("o",), ("up",), ("down",)),
         num_kv_heads_attr=None,
     ),
 )
@@ -207,6 +219,7 @@ ADAPTERS.register(
         mlp="mlp",
         linears={"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
         norms={"attn_in": "ln_1", "mlp_in": "ln_2"},
+        input_groups=(("qkv",), ("o",), ("up",), ("down",)),
         transposed_weights=True,
         num_heads_attr="n_head",
         num_kv_heads_attr=None,
@@ -231,6 +244,7 @@ ADAPTERS.register(
             "down": "mlp.dense_4h_to_h",
         },
         norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
+        input_groups=(("qkv",), ("o",), ("up",), ("down",)),
         rotary="gpt_neox.rotary_emb",
         num_kv_heads_attr=None,
     ),
@@ -249,6 +263,7 @@ ADAPTERS.register(
         mlp="mlp",
         linears=_MOE_LINEARS,
         norms=dict(_LLAMA.norms),
+        input_groups=(("q", "k", "v"), ("o",)),
         rotary="model.rotary_emb",
         moe=MoESpec(block="mlp", router="gate", experts="experts"),
     ),
@@ -265,6 +280,7 @@ ADAPTERS.register(
         mlp="mlp",
         linears=_MOE_LINEARS,
         norms=dict(_LLAMA.norms),
+        input_groups=(("q", "k", "v"), ("o",)),
         rotary="model.rotary_emb",
         moe=MoESpec(block="mlp", router="gate", experts="experts", num_experts_attr="num_experts"),
     ),
@@ -281,6 +297,7 @@ ADAPTERS.register(
         mlp="mlp",
         linears=_MOE_LINEARS,
         norms=dict(_LLAMA.norms),
+        input_groups=(("q", "k", "v"), ("o",)),
         rotary="model.rotary_emb",
         moe=MoESpec(
             block="mlp",
@@ -305,6 +322,7 @@ ADAPTERS.register(
         mlp="ff",
         linears={"q": "wq", "k": "wk", "v": "wv", "o": "lv", "up": "ff.0", "down": "ff.2"},
         norms={"attn_in": "ln1", "mlp_in": "ln2"},
+        input_groups=(("q", "k", "v"), ("o",), ("up",), ("down",)),
         num_heads_attr="num_heads",
         num_kv_heads_attr=None,
         hidden_attr="emb_size",

@@ -1,0 +1,367 @@
+"""The layer-wise calibration engine shared by every calibration-based method.
+
+Methods never walk the model. The engine
+
+1. captures the inputs of the first block and the arguments of *every* block (attention
+   masks and rotary embeddings differ between Gemma-3's sliding and global layers) by
+   running the model once per calibration sample with the blocks replaced by recording
+   stubs (no block computes; the forward stops after the last stub);
+2. for each block in order, and for each of the method's ``Step``s in that block: attaches
+   the step's observers (hooks accumulating statistics on module inputs), runs the block on
+   every calibration sample, detaches them, and hands the statistics to the step's
+   ``compress`` callback;
+3. re-runs the compressed block so that the next block sees compressed inputs
+   (``propagate_error=True``, as SparseGPT/GPTQ do), or passes on the dense block's outputs.
+
+Only one block's activations (inputs and outputs for all samples) are held at a time, and
+each block is moved to the compute device only while it is processed, so peak memory grows
+with one block's activations, not with depth.
+
+``collect`` gathers statistics of every block of the *unmodified* model (for methods that
+decide globally before changing anything: FLAP, Numerical Pruning, SVD-LLM, layer dropping).
+Those statistics depend only on (model, calibration set, observers, block) and are cached
+on disk under that key, so several methods and ratios share one calibration pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from slimbench.data.sampler import CalibrationSet
+from slimbench.models.adapters import Adapter, get_path
+from slimbench.models.bundle import ModelBundle
+from slimbench.records import stable_hash
+
+log = logging.getLogger(__name__)
+
+INPUT_STATS = ("gram", "sq_sum", "abs_sum", "abs_max", "sum")
+
+
+# -- statistics ----------------------------------------------------------------------------
+@dataclass
+class InputStats:
+    """Statistics of a module input over all calibration tokens (x rows are tokens [N, D]).
+
+    ``gram`` = Σ xᵀx [D, D]; ``sq_sum`` = Σ x² [D]; ``abs_sum`` = Σ |x| [D];
+    ``abs_max`` = max |x| [D]; ``sum`` = Σ x [D]; ``tokens`` = N. Sums are float64 vectors
+    and a float32 Gram matrix (as in the SparseGPT/GPTQ references).
+    """
+
+    wanted: frozenset
+    tokens: int = 0
+    gram: torch.Tensor | None = None
+    sq_sum: torch.Tensor | None = None
+    abs_sum: torch.Tensor | None = None
+    abs_max: torch.Tensor | None = None
+    sum: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()  # [N, D]
+        self.tokens += x.shape[0]
+        if "gram" in self.wanted:
+            xtx = x.t() @ x
+            self.gram = xtx if self.gram is None else self.gram.add_(xtx)
+        for name, value in (
+            ("sq_sum", lambda: (x.double() ** 2).sum(0)),
+            ("abs_sum", lambda: x.abs().double().sum(0)),
+            ("sum", lambda: x.double().sum(0)),
+        ):
+            if name in self.wanted:
+                cur = getattr(self, name)
+                setattr(self, name, value() if cur is None else cur.add_(value()))
+        if "abs_max" in self.wanted:
+            m = x.abs().amax(0)
+            self.abs_max = m if self.abs_max is None else torch.maximum(self.abs_max, m)
+
+    # derived quantities used by several methods
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.tokens
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance per feature (float64)."""
+        mean = self.mean
+        return (self.sq_sum / self.tokens - mean**2).clamp_min(0)
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / self.tokens
+
+    @property
+    def col_norm(self) -> torch.Tensor:
+        """‖X_j‖₂ over all tokens (Wanda's activation norm)."""
+        return self.sq_sum.sqrt()
+
+
+class Observer(Protocol):
+    """Accumulates statistics while a block runs on the calibration samples."""
+
+    def attach(self, block: nn.Module, adapter: Adapter) -> list:
+        """Register hooks on ``block``; return their handles (the engine removes them)."""
+
+    def result(self) -> Any: ...
+
+
+class LinearInputs:
+    """Input statistics of linear layers by role; roles sharing an input share one hook."""
+
+    def __init__(self, roles: tuple[str, ...] | list[str], stats: tuple[str, ...] | set[str]) -> None:
+        unknown = set(stats) - set(INPUT_STATS)
+        if unknown:
+            raise ValueError(f"unknown input statistics {sorted(unknown)} (known: {', '.join(INPUT_STATS)})")
+        self.roles, self.stats = tuple(roles), frozenset(stats)
+        self._by_role: dict[str, InputStats] = {}
+
+    def attach(self, block, adapter) -> list:
+        handles, linears = [], adapter.block_linears(block)
+        for role in self.roles:
+            if role in self._by_role:
+                continue
+            if role not in linears:
+                raise KeyError(f"{adapter.family} block has no linear role {role!r}")
+            shared = InputStats(self.stats)
+            group = [r for r in adapter.input_group(role) if r in linears]
+            for r in group:
+                self._by_role[r] = shared
+            handles.append(linears[group[0]].register_forward_pre_hook(_input_hook(shared)))
+        return handles
+
+    def result(self) -> dict[str, InputStats]:
+        return {r: s for r, s in self._by_role.items() if r in self.roles}
+
+
+def _input_hook(acc: InputStats):
+    def hook(module, args):
+        acc.update(args[0].detach())
+
+    return hook
+
+
+class BlockCosine:
+    """Mean over tokens of cos(block input, block output) (ShortGPT's 1 − Block Influence)."""
+
+    def __init__(self) -> None:
+        self.total, self.tokens = 0.0, 0
+
+    def attach(self, block, adapter) -> list:
+        return []
+
+    def on_block_io(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(inp.float(), out.float(), dim=-1)  # [B, T]
+        self.total += cos.double().sum().item()
+        self.tokens += cos.numel()
+
+    def result(self) -> float:
+        return self.total / self.tokens
+
+
+@dataclass
+class Step:
+    """One observe-then-compress pass over a block.
+
+    ``observers`` run while the block processes every calibration sample; ``compress``
+    then receives ``{name: observer.result()}`` and may change the block in place
+    (returning per-layer details for the record, or None).
+    """
+
+    observers: dict[str, Observer]
+    compress: Callable[[dict[str, Any]], dict | None] | None = None
+
+
+# -- capture -------------------------------------------------------------------------------
+class _StopForward(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block during capture: records its call and passes the input through."""
+
+    def __init__(self, index: int, sink: list, last: bool) -> None:
+        super().__init__()
+        self.index, self.sink, self.last = index, sink, last
+
+    def forward(self, hidden, *args, **kwargs):
+        self.sink.append((self.index, hidden, args, kwargs))
+        if self.last:
+            raise _StopForward
+        return hidden
+
+
+class _Dedup:
+    """Keeps one copy of equal tensors (masks/rotary embeddings repeat for every sample)."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, value):
+        if isinstance(value, torch.Tensor):
+            for t in self.seen:
+                if t.shape == value.shape and t.dtype == value.dtype and t.device == value.device and torch.equal(t, value):
+                    return t
+            self.seen.append(value)
+            return value
+        if isinstance(value, tuple):
+            return tuple(self(v) for v in value)
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items()}
+        return value
+
+
+@dataclass
+class BlockInputs:
+    hidden: list[torch.Tensor]  # per sample: the first block's input [1, T, D]
+    calls: list[list[tuple[tuple, dict]]]  # per block, per sample: (extra args, kwargs)
+
+
+def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, device: torch.device) -> BlockInputs:
+    blocks = bundle.adapter.get_blocks(bundle.model)
+    originals = list(blocks)
+    sink: list = []
+    for i in range(len(blocks)):
+        blocks[i] = _Recorder(i, sink, last=i == len(blocks) - 1)
+    hidden: list[torch.Tensor] = []
+    calls: list[list] = [[] for _ in originals]
+    dedup = _Dedup()
+    try:
+        with torch.no_grad():
+            for sample in calib.samples():
+                sink.clear()
+                try:
+                    bundle.model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()})
+                except _StopForward:
+                    pass
+                for index, h, args, kwargs in sink:
+                    if index == 0:
+                        hidden.append(h.detach())
+                    calls[index].append((dedup(args), dedup(kwargs)))
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+    if any(len(c) != len(hidden) for c in calls):
+        raise RuntimeError("calibration capture: not every block was reached by every sample")
+    return BlockInputs(hidden=hidden, calls=calls)
+
+
+# -- the engine ------------------------------------------------------------------------------
+@dataclass
+class EngineReport:
+    blocks: int
+    samples: int
+    tokens_per_sample: int
+    propagate_error: bool
+    details: list = field(default_factory=list)  # per block: merged details of its steps
+
+
+class CalibrationEngine:
+    def __init__(self, bundle: ModelBundle, calib: CalibrationSet, device: str | torch.device | None = None, progress: bool = True):
+        if calib is None:
+            raise ValueError("this method needs a calibration set")
+        self.bundle, self.calib, self.progress = bundle, calib, progress
+        self.model_device = next(bundle.model.parameters()).device
+        self.device = torch.device(device) if device is not None else self.model_device
+
+    # sequential compression ---------------------------------------------------------------
+    def run(self, plan: Callable[[int, nn.Module], list[Step]], propagate_error: bool = True, desc: str = "calibrate") -> EngineReport:
+        """For each block: run ``plan(i, block)``'s steps, then propagate to the next block."""
+        inputs = capture_block_inputs(self.bundle, self.calib, self.device)
+        blocks = self.bundle.adapter.get_blocks(self.bundle.model)
+        report = EngineReport(len(blocks), len(inputs.hidden), inputs.hidden[0].shape[1], propagate_error)
+        hidden = inputs.hidden
+        for i in tqdm(range(len(blocks)), desc=desc, unit="block", disable=not self.progress):
+            block = blocks[i].to(self.device)
+            details: dict = {}
+            dense_out = None
+            for step in plan(i, block):
+                out = self._forward(block, hidden, inputs.calls[i], step.observers)
+                dense_out = out if dense_out is None else dense_out
+                stats = {name: obs.result() for name, obs in step.observers.items()}
+                if step.compress is not None:
+                    details.update(step.compress(stats) or {})
+            if propagate_error or dense_out is None:
+                hidden = self._forward(block, hidden, inputs.calls[i], {})
+            else:
+                hidden = dense_out
+            blocks[i] = block.to(self.model_device)
+            report.details.append(details)
+        return report
+
+    # statistics of the unmodified model ---------------------------------------------------
+    def collect(self, observers: Callable[[int, nn.Module], dict[str, Observer]], cache_key: str | None = None, desc: str = "collect") -> list[dict]:
+        """Statistics of every block of the unmodified model: ``[{name: result}, ...]``.
+
+        With ``cache_key`` (a name for what the observers compute), results are cached on
+        disk by (model identity, calibration fingerprint, cache_key, block).
+        """
+        cache = self._cache_dir(cache_key)
+        blocks = self.bundle.adapter.get_blocks(self.bundle.model)
+        if cache is not None and all((cache / f"block{i}.pt").is_file() for i in range(len(blocks))):
+            log.info("calibration statistics %r loaded from %s", cache_key, cache)
+            return [torch.load(cache / f"block{i}.pt", weights_only=False) for i in range(len(blocks))]
+        results: list[dict] = []
+
+        def plan(i, block):
+            obs = observers(i, block)
+            return [Step(obs, compress=lambda stats: results.append(stats))]
+
+        self.run(plan, propagate_error=False, desc=desc)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            for i, stats in enumerate(results):
+                tmp = cache / f".block{i}.pt.tmp"
+                torch.save(stats, tmp)
+                tmp.replace(cache / f"block{i}.pt")
+        return results
+
+    # internals ---------------------------------------------------------------------------
+    def _forward(self, block: nn.Module, hidden: list[torch.Tensor], calls: list, observers: dict[str, Observer]) -> list[torch.Tensor]:
+        handles = [h for obs in observers.values() for h in obs.attach(block, self.bundle.adapter)]
+        io_observers = [o for o in observers.values() if hasattr(o, "on_block_io")]
+        outputs = []
+        try:
+            with torch.no_grad():
+                for x, (args, kwargs) in zip(hidden, calls):
+                    out = block(_to(x, self.device), *_to(args, self.device), **_to(kwargs, self.device))
+                    out = out[0] if isinstance(out, tuple) else out
+                    for obs in io_observers:
+                        obs.on_block_io(x, out)
+                    outputs.append(out)
+        finally:
+            for h in handles:
+                h.remove()
+        return outputs
+
+    def _cache_dir(self, cache_key: str | None) -> Path | None:
+        root = getattr(self.calib, "cache_dir", None)
+        if cache_key is None or root is None:
+            return None
+        key = stable_hash({"model": self.bundle.source.to_dict(), "calibration": self.calib.fingerprint(), "stats": cache_key})
+        return Path(root) / "calib_stats" / f"{self.bundle.source.name}-{key}"
+
+
+def _to(obj, device: torch.device):
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device == device else obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(v, device) for v in obj)
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def block_linear(block: nn.Module, adapter: Adapter, role: str) -> nn.Module:
+    module = get_path(block, adapter.linears[role])
+    if module is None:
+        raise KeyError(f"{adapter.family} block has no linear role {role!r}")
+    return module

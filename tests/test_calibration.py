@@ -1,0 +1,148 @@
+"""The layer-wise calibration engine on tiny models."""
+
+import pytest
+import torch
+
+from slimbench.calibration import BlockCosine, CalibrationEngine, LinearInputs, Step, capture_block_inputs
+from slimbench.data.corpora import resolve_corpus
+from slimbench.data.sampler import CalibConfig, build_calibration_set
+
+
+@pytest.fixture
+def calib_for(data_dir):
+    def make(bundle, nsamples=3, seqlen=32, cache_dir=None):
+        ref = resolve_corpus("wikitext2", "validation", data_dir)
+        calib = build_calibration_set(CalibConfig(nsamples=nsamples, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
+        calib.cache_dir = cache_dir
+        return calib
+
+    return make
+
+
+def _block_inputs_by_hooks(bundle, calib):
+    """Reference: the input of every block for every sample, from a plain full forward."""
+    seen = {}
+    blocks = bundle.adapter.get_blocks(bundle.model)
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: seen.setdefault(i, []).append(a[0].clone())) for i, b in enumerate(blocks)]
+    norm = bundle.model.model.norm  # reference only: the final norm's input = last block's output
+    handles.append(norm.register_forward_pre_hook(lambda m, a: seen.setdefault("final", []).append(a[0].clone())))
+    with torch.no_grad():
+        for sample in calib.samples():
+            bundle.model(**sample)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma3"])
+def test_engine_without_compression_reproduces_the_model(tiny_bundle, calib_for, model):
+    bundle = tiny_bundle(model)
+    calib = calib_for(bundle)
+    reference = _block_inputs_by_hooks(bundle, calib)
+    captured = capture_block_inputs(bundle, calib, torch.device("cpu"))
+    for s in range(3):
+        assert torch.equal(captured.hidden[s], reference[0][s])
+
+    seen = {}
+
+    def plan(i, block):
+        obs = {"io": _Recorder(seen, i)}
+        return [Step(obs)]
+
+    CalibrationEngine(bundle, calib, progress=False).run(plan, propagate_error=True)
+    blocks = len(bundle.adapter.get_blocks(bundle.model))
+    for i in range(blocks):
+        nxt = reference[i + 1] if i + 1 < blocks else reference["final"]
+        for s in range(3):
+            torch.testing.assert_close(seen[i][s], nxt[s], rtol=1e-5, atol=1e-5)
+
+
+class _Recorder:
+    def __init__(self, sink, index):
+        self.sink, self.index = sink, index
+
+    def attach(self, block, adapter):
+        return []
+
+    def on_block_io(self, inp, out):
+        self.sink.setdefault(self.index, []).append(out.clone())
+
+    def result(self):
+        return None
+
+
+def test_gemma3_blocks_get_their_own_masks(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-gemma3")
+    captured = capture_block_inputs(bundle, calib_for(bundle), torch.device("cpu"))
+    sliding, full = captured.calls[0][0][1], captured.calls[2][0][1]
+    assert not torch.equal(sliding["position_embeddings"][0], full["position_embeddings"][0])  # different rope bases
+    # equal tensors are stored once across samples
+    assert captured.calls[0][0][1]["position_embeddings"][0] is captured.calls[0][1][1]["position_embeddings"][0]
+
+
+def test_input_statistics_match_a_direct_computation(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    xs = []
+    q0 = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])["q"]
+    handle = q0.register_forward_pre_hook(lambda m, a: xs.append(a[0].reshape(-1, a[0].shape[-1]).clone()))
+    with torch.no_grad():
+        for sample in calib.samples():
+            bundle.model(**sample)
+    handle.remove()
+    x = torch.cat(xs)
+
+    stats = CalibrationEngine(bundle, calib, progress=False).collect(
+        lambda i, block: {"in": LinearInputs(["q", "k", "gate"], {"gram", "sq_sum", "abs_sum", "abs_max", "sum"})}
+    )
+    s = stats[0]["in"]["q"]
+    assert s is stats[0]["in"]["k"] and s is not stats[0]["in"]["gate"]  # q/k share one input
+    assert s.tokens == x.shape[0] == 3 * 32
+    torch.testing.assert_close(s.gram, x.t() @ x, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s.col_norm.float(), x.norm(dim=0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s.mean_abs.float(), x.abs().mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.abs_max, x.abs().amax(0))
+    torch.testing.assert_close(s.variance.float(), x.var(0, unbiased=False), rtol=1e-4, atol=1e-6)
+
+
+def test_block_cosine_is_one_minus_block_influence(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    reference = _block_inputs_by_hooks(bundle, calib)
+    stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, block: {"cos": BlockCosine()})
+    x_in, x_out = torch.cat(reference[0]), torch.cat(reference[1])
+    expected = torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1).mean().item()
+    assert stats[0]["cos"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_compression_propagates_to_later_blocks(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    stats_seen = []
+
+    def plan(i, block):
+        def compress(stats):
+            stats_seen.append(stats["in"]["q"].gram.clone())
+            for lin in bundle.adapter.block_linears(block).values():
+                lin.weight.data.mul_(0.5)
+            return {f"block{i}": "halved"}
+
+        return [Step({"in": LinearInputs(["q"], {"gram"})}, compress)]
+
+    dense_stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"in": LinearInputs(["q"], {"gram"})})
+    report = CalibrationEngine(bundle, calib, progress=False).run(plan, propagate_error=True)
+    assert report.details == [{"block0": "halved"}, {"block1": "halved"}]
+    torch.testing.assert_close(stats_seen[0], dense_stats[0]["in"]["q"].gram)  # block 0 sees dense inputs
+    assert not torch.allclose(stats_seen[1], dense_stats[1]["in"]["q"].gram)  # block 1 sees compressed ones
+
+
+def test_collect_is_cached_by_model_calibration_and_key(tiny_bundle, calib_for, tmp_path, monkeypatch):
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle, cache_dir=tmp_path)
+    obs = lambda i, b: {"in": LinearInputs(["down"], {"sq_sum"})}  # noqa: E731
+    first = CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="down-sq")
+    monkeypatch.setattr(CalibrationEngine, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    second = CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="down-sq")
+    assert torch.equal(first[1]["in"]["down"].sq_sum, second[1]["in"]["down"].sq_sum)
+    with pytest.raises(AssertionError, match="recomputed"):
+        CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="other-key")
