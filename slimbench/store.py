@@ -130,9 +130,11 @@ def flatten_record(rec: dict) -> dict:
     for m in rec.get("metrics", []):
         row[f"{m['evaluator']}.{m['name']}"] = m["value"]
     comp = rec.get("compression") or {}
-    for key in ("wall_time_s", "peak_rss_bytes", "sparsity", "params_after", "bytes_after"):
+    for key in ("wall_time_s", "sparsity", "params_after", "bytes_after"):
         if key in comp:
             row[f"compression.{key}"] = comp[key]
+    if comp.get("peak_rss_bytes") is not None:
+        row["compression.peak_rss_mib"] = comp["peak_rss_bytes"] / 2**20
     return row
 
 

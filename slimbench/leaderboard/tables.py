@@ -18,6 +18,7 @@ HEADLINE_COLUMNS: list[tuple[str, str, str]] = [
     ("size.bits_per_weight", "bits/weight", "{:.2f}"),
     ("size.sparsity", "sparsity", "{:.3f}"),
     ("compression.wall_time_s", "compress s", "{:.1f}"),
+    ("compression.peak_rss_mib", "compress peak RSS MiB", "{:.0f}"),
 ]
 
 
