@@ -11,6 +11,7 @@ Gemma-3's sandwich norm), ``mlp_in`` (before the MLP), ``mlp_out``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,25 +162,18 @@ _LLAMA = Adapter(
 for _name in ("llama", "mistral", "qwen2", "qwen3"):
     ADAPTERS.register(_name, _LLAMA)
 
+# Gemma-3: Llama names, plus sandwich norms around attention and MLP.
 ADAPTERS.register(
     "gemma3_text",
-    Adapter(
+    dataclasses.replace(
+        _LLAMA,
         family="gemma3",
-        blocks="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        lm_head="lm_head",
-        attn="self_attn",
-        mlp="mlp",
-        linears=dict(_LLAMA.linears),
         norms={
             "attn_in": "input_layernorm",
             "attn_out": "post_attention_layernorm",
             "mlp_in": "pre_feedforward_layernorm",
             "mlp_out": "post_feedforward_layernorm",
         },
-        input_groups=_LLAMA.input_groups,
-        rotary="model.rotary_emb",
     ),
 )
 
@@ -250,62 +244,25 @@ ADAPTERS.register(
     ),
 )
 
-_MOE_LINEARS = {k: v for k, v in _LLAMA.linears.items() if k in ("q", "k", "v", "o")}
-ADAPTERS.register(
-    "mixtral",
-    Adapter(
-        family="mixtral",
-        blocks="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        lm_head="lm_head",
-        attn="self_attn",
-        mlp="mlp",
-        linears=_MOE_LINEARS,
-        norms=dict(_LLAMA.norms),
-        input_groups=(("q", "k", "v"), ("o",)),
-        rotary="model.rotary_emb",
-        moe=MoESpec(block="mlp", router="gate", experts="experts"),
-    ),
+# Sparse-MoE decoders: Llama-style attention, the MLP replaced by a router + fused experts.
+_MIXTRAL = dataclasses.replace(
+    _LLAMA,
+    family="mixtral",
+    linears={k: v for k, v in _LLAMA.linears.items() if k in ("q", "k", "v", "o")},
+    input_groups=(("q", "k", "v"), ("o",)),
+    moe=MoESpec(block="mlp", router="gate", experts="experts"),
 )
+ADAPTERS.register("mixtral", _MIXTRAL)
 ADAPTERS.register(
     "olmoe",
-    Adapter(
-        family="olmoe",
-        blocks="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        lm_head="lm_head",
-        attn="self_attn",
-        mlp="mlp",
-        linears=_MOE_LINEARS,
-        norms=dict(_LLAMA.norms),
-        input_groups=(("q", "k", "v"), ("o",)),
-        rotary="model.rotary_emb",
-        moe=MoESpec(block="mlp", router="gate", experts="experts", num_experts_attr="num_experts"),
-    ),
+    dataclasses.replace(_MIXTRAL, family="olmoe", moe=dataclasses.replace(_MIXTRAL.moe, num_experts_attr="num_experts")),
 )
 ADAPTERS.register(
     "qwen2_moe",
-    Adapter(
+    dataclasses.replace(
+        _MIXTRAL,
         family="qwen2_moe",
-        blocks="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        lm_head="lm_head",
-        attn="self_attn",
-        mlp="mlp",
-        linears=_MOE_LINEARS,
-        norms=dict(_LLAMA.norms),
-        input_groups=(("q", "k", "v"), ("o",)),
-        rotary="model.rotary_emb",
-        moe=MoESpec(
-            block="mlp",
-            router="gate",
-            experts="experts",
-            num_experts_attr="num_experts",
-            shared_expert="shared_expert",
-        ),
+        moe=dataclasses.replace(_MIXTRAL.moe, num_experts_attr="num_experts", shared_expert="shared_expert"),
     ),
 )
 
