@@ -72,6 +72,19 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
     assert len(rows) == 3 and (tmp_path / "results" / "leaderboard.csv").is_file()
 
 
+@pytest.mark.slow
+def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, data_dir):
+    # job 0 is invalid (sparsity 1.5); job 1 fails while evaluating (seqlen > max positions); job 2 is fine
+    sweep = ["-m", "method=magnitude", "method.sparsity=1.5,0.5",
+             "eval.evaluators.perplexity.seqlen=4096,128", *[a for a in TINY if "seqlen" not in a]]
+    proc, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    assert proc.returncode == 2  # an invalid job makes the sweep's exit code non-zero
+    statuses = [line.split("|")[3].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "overrides" not in line]
+    assert statuses == ["invalid", "invalid", "failed", "ok"], proc.stdout
+    records = list(ResultStore(tmp_path / "results").records())
+    assert sorted(r["status"] for r in records) == ["failed", "ok"]
+
+
 def test_single_run_prints_a_result_table(tmp_path, data_dir):
     proc, _ = _run(TINY, tmp_path, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

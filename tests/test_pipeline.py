@@ -133,3 +133,16 @@ def test_bad_input_is_rejected_before_any_weights_load(compose, monkeypatch, ove
     with pytest.raises(ConfigError, match=match):
         run_experiment(cfg)
     assert not list(ResultStore(cfg["paths"]["results_dir"]).records())
+
+
+def test_local_hf_directory_loads_through_the_hf_loader(compose, tiny_bundle, tmp_path):
+    bundle = tiny_bundle("tiny-llama")
+    local = tmp_path / "my-model"
+    bundle.model.save_pretrained(local)
+    bundle.tokenizer.save_pretrained(local)
+    cfg = compose("model=hf", f"model.id={local}", "model.name=my-model", *TINY_EVAL)
+    outcome = run_experiment(cfg)
+    assert outcome.status == "ok", outcome.record.get("error")
+    assert outcome.record["model"]["path"] == str(local.resolve())
+    reference = run_experiment(compose("model=tiny-llama", *TINY_EVAL))
+    assert _metric(outcome.record, "perplexity", "perplexity") == pytest.approx(_metric(reference.record, "perplexity", "perplexity"), rel=1e-6)
