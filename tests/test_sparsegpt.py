@@ -8,8 +8,8 @@ from slimbench.data.sampler import CalibConfig, build_calibration_set
 from slimbench.errors import ConfigError
 from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs, prepare_inverse
 from slimbench.methods.pruning.masks import lowest_fraction_mask
-from slimbench.methods.pruning.wanda import wanda_score
 from slimbench.methods.pruning.sparsegpt import SparseGPT, SparseGPTConfig, sparsegpt_prune
+from slimbench.methods.pruning.wanda import wanda_score
 
 
 def _correlated_layer(out=48, inp=256, tokens=2048, seed=0):
