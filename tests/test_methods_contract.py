@@ -32,6 +32,8 @@ class Contract:
 CONTRACT = {
     "dense": Contract(sparsity=0.0, changes_weights=False),
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+    "wanda": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+    "sparsegpt": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
 }
 
 

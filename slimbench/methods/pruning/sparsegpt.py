@@ -1,0 +1,181 @@
+"""SparseGPT: massive language models can be accurately pruned in one shot (Frantar &
+Alistarh, ICML 2023, arXiv 2301.00774; reference IST-DASLab/sparsegpt @ 147d215,
+``sparsegpt.py::SparseGPT.fasterprune`` driven by ``llama.py::llama_sequential``).
+
+Calibration (engine, ``propagate_error=True``): per block, one pass over the calibration
+samples observes the inputs of *all* the block's linears at once (the reference's default;
+``true_sequential=true`` instead observes and prunes one input group at a time: q/k/v, o,
+gate/up, down, each seeing the already pruned earlier groups); then every linear is pruned
+and the pruned block is re-run to produce the next block's inputs.
+
+Per linear, W [out, in] in float32 (as the reference):
+  1. H = 2/n · Σ x xᵀ over the calibration tokens (``slimbench.methods.hessian``); dead
+     inputs (H_ii = 0) get H_ii = 1 and their weight column zeroed; H += 0.01·mean(diag H)·I;
+     U = upper Cholesky factor of H⁻¹.
+  2. Columns in blocks of ``blocksize`` (128) with lazy batch updates. Unstructured: at the
+     start of each block, with the block's current (already updated) weights W1,
+     score = W1² / diag(U_block)², threshold = the element at index ⌊sparsity · numel⌋ of the
+     sorted scores, mask = score ≤ threshold (as the reference: ⌊sparsity · numel⌋ + 1
+     weights per block when there are no ties). N:M: at every column i with i % M == 0,
+     in each row zero the N lowest scores of columns i..i+M−1 (current weights).
+  3. For each column i of the block: q = w with masked entries zeroed,
+     err = (w − q) / U_ii, W1[:, i:] −= err · U[i, i:]; after the block,
+     W[:, end:] −= Err · U[block, end:] (the lazy update of the remaining columns).
+  The per-layer ``obs_error`` reported is the reference's printed error, Σ (w − q)² / U_ii² / 2.
+
+``sparsity = 0`` with an unstructured pattern changes nothing: the reference driver skips
+pruning entirely then (``if args.sparsity or args.prunen``), whereas its ``≤ threshold`` mask
+would otherwise remove the smallest score of every block.
+
+Execution path: masked-dense (zeros stored in dense tensors, no speedup expected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.calibration import CalibrationEngine, LinearInputs, Step
+from slimbench.errors import ConfigError
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.hessian import hessian_from_gram, prepare_inverse
+from slimbench.methods.pruning.masks import check_sparsity, parse_pattern
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig:
+    sparsity: float = 0.5  # fraction of weights removed per 128-column block
+    pattern: str = "unstructured"  # or "N:M", e.g. "2:4" (then sparsity must equal N/M)
+    blocksize: int = 128  # columns per lazy-update block
+    percdamp: float = 0.01  # dampening as a fraction of mean(diag H)
+    true_sequential: bool = False  # observe/prune q,k,v | o | gate,up | down in turn
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity, self.pattern)
+        if not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise ConfigError(f"blocksize must be a positive integer, got {self.blocksize!r}")
+        if not isinstance(self.percdamp, (int, float)) or not 0.0 < float(self.percdamp) <= 1.0:
+            raise ConfigError(f"percdamp must be in (0, 1], got {self.percdamp!r}")
+        if not isinstance(self.true_sequential, bool):
+            raise ConfigError(f"true_sequential must be true or false, got {self.true_sequential!r}")
+        nm = parse_pattern(self.pattern)
+        if nm is not None and self.blocksize % nm[1]:
+            raise ConfigError(f"blocksize {self.blocksize} must be a multiple of M={nm[1]} for pattern {self.pattern}")
+
+
+def block_mask(w1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference's unstructured mask of one column block: w1 [out, B], d = diag(U_block) [B]."""
+    score = w1**2 / d.reshape(1, -1) ** 2
+    thresh = torch.sort(score.flatten()).values[int(score.numel() * sparsity)]
+    return score <= thresh
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor, hinv: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``weight`` [out, in] given U = chol(H⁻¹) upper [in, in]; returns (W', loss per row)."""
+    w = weight.float().clone()
+    rows, cols = w.shape
+    if nm is not None and cols % nm[1]:
+        raise ConfigError(f"{nm[0]}:{nm[1]} sparsity needs in_features divisible by {nm[1]}, got {cols}")
+    losses = torch.zeros(rows, dtype=w.dtype)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        q1, err1, loss = _prune_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2], sparsity, nm)
+        w[:, i1:i2] = q1
+        losses += loss
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the later columns
+    return w, losses
+
+
+def _prune_block(w1, hinv1, sparsity, nm):
+    """One column block: (pruned block [out, B], scaled errors [out, B], loss per row [out])."""
+    d = torch.diag(hinv1)  # [B]
+    mask1 = block_mask(w1, d, sparsity) if nm is None else torch.zeros_like(w1, dtype=torch.bool)
+    q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+    loss = torch.zeros(w1.shape[0], dtype=w1.dtype)
+    for i in range(w1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            n, m = nm
+            score = w1[:, i : i + m] ** 2 / d[i : i + m].reshape(1, -1) ** 2
+            mask1.scatter_(1, i + torch.topk(score, n, dim=1, largest=False).indices, True)
+        col = w1[:, i]
+        q = col.masked_fill(mask1[:, i], 0.0)
+        q1[:, i] = q
+        loss += (col - q) ** 2 / d[i] ** 2 / 2
+        err = (col - q) / d[i]
+        w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)  # OBS update
+        err1[:, i] = err
+    return q1, err1, loss
+
+
+def _role_groups(adapter, roles: tuple[str, ...], sequential: bool) -> list[tuple[str, ...]]:
+    """All roles in one group, or one group per shared input (q/k/v, o, gate/up, down)."""
+    if not sequential:
+        return [roles]
+    groups: list[tuple[str, ...]] = []
+    for role in roles:
+        group = tuple(r for r in adapter.input_group(role) if r in roles)
+        if group not in groups:
+            groups.append(group)
+    return groups
+
+
+@METHODS.register("sparsegpt")
+class SparseGPT:
+    name = "sparsegpt"
+    Config = SparseGPTConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: SparseGPTConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        if not adapter.linears:
+            raise ConfigError(f"sparsegpt: the {adapter.family} adapter declares no linear layers to prune")
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        cfg, adapter, nm = self.config, bundle.adapter, parse_pattern(self.config.pattern)
+        if nm is None and cfg.sparsity == 0:
+            return MethodResult("masked-dense", {"pattern": cfg.pattern, "per_layer": {}}, ["sparsity 0: nothing pruned"])
+        per_layer: dict = {}
+
+        def plan(i, block):
+            linears = adapter.block_linears(block)
+            return [Step({"in": LinearInputs(g, {"gram"})}, self._compressor(adapter, linears, i, g, per_layer)) for g in _role_groups(adapter, tuple(linears), cfg.true_sequential)]
+
+        report = CalibrationEngine(bundle, calib).run(plan, propagate_error=True, desc="sparsegpt")
+        return MethodResult(
+            execution_path="masked-dense",
+            details={
+                "pattern": cfg.pattern,
+                "blocksize": cfg.blocksize,
+                "percdamp": cfg.percdamp,
+                "true_sequential": cfg.true_sequential,
+                "calibration": {"blocks": report.blocks, "samples": report.samples, "tokens_per_sample": report.tokens_per_sample, "propagate_error": True},
+                "per_layer": per_layer,
+            },
+            notes=[f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense", "weights updated by the OBS reconstruction (float32)"],
+        )
+
+    def _compressor(self, adapter, linears, index, roles, per_layer):
+        cfg, nm = self.config, parse_pattern(self.config.pattern)
+
+        def compress(stats):
+            for role in roles:
+                weight = adapter.weight_matrix(linears[role])  # [out, in]
+                inputs = stats["in"][role]
+                hinv, dead = prepare_inverse(hessian_from_gram(inputs.gram, inputs.tokens), cfg.percdamp)
+                start = weight.float().masked_fill(dead.reshape(1, -1), 0.0)
+                pruned, losses = sparsegpt_prune(start, hinv, cfg.sparsity, nm, cfg.blocksize)
+                weight.copy_(pruned.to(weight.dtype))
+                per_layer[f"{adapter.blocks}.{index}.{adapter.linears[role]}"] = {
+                    "sparsity": round((pruned == 0).float().mean().item(), 6),
+                    "obs_error": float(losses.sum()),
+                    "dead_inputs": int(dead.sum()),
+                }
+
+        return compress
