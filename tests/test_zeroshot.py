@@ -141,3 +141,24 @@ def test_evaluator_runs_lm_eval_on_the_in_memory_model(tiny_bundle, data_dir, tm
     assert mean.value == pytest.approx(sum(accs) / 7)
     assert result.protocol["lm_eval_version"] and result.protocol["limit"] == 2
     assert all(before[k].equal(v) for k, v in bundle.model.state_dict().items())  # evaluation changed nothing
+
+
+def test_suites_run_through_the_pipeline_and_are_fingerprinted_apart(compose):
+    from slimbench.leaderboard.tables import leaderboard_markdown
+    from slimbench.run import plan_run, run_experiment
+
+    small = ("model=tiny-llama", "eval.evaluators.zeroshot.tasks=[piqa,winogrande]")
+    with pytest.raises(ConfigError, match="hellaswag"):  # validated before any weights load
+        plan_run(compose(*small, "eval=zeroshot", "eval.evaluators.zeroshot.tasks=[hellaswag]"))
+    full, quick = plan_run(compose(*small, "eval=zeroshot")), plan_run(compose(*small, "eval=zeroshot-quick"))
+    assert (full.suite, quick.suite) == ("zeroshot", "zeroshot-quick") and full.run_id != quick.run_id
+    assert full.data["zeroshot/piqa"]["converted_sha256"] == quick.data["zeroshot/piqa"]["converted_sha256"]
+
+    outcome = run_experiment(compose(*small, "eval=zeroshot-quick", "eval.evaluators.zeroshot.limit=2"))
+    record = outcome.record
+    assert outcome.status == "ok", record.get("error")
+    metrics = {(m["evaluator"], m["name"]) for m in record["metrics"]}
+    assert {("zeroshot", "piqa.acc"), ("zeroshot", "winogrande.acc"), ("zeroshot", "mean.acc"), ("size", "params")} <= metrics
+    protocol = record["protocol"]["zeroshot"]
+    assert protocol["limit"] == 2 and protocol["tasks"]["piqa"]["version"] == 1.0
+    assert "zeroshot-quick" in leaderboard_markdown([record]) and "PIQA" in leaderboard_markdown([record])
