@@ -162,3 +162,30 @@ def test_suites_run_through_the_pipeline_and_are_fingerprinted_apart(compose):
     protocol = record["protocol"]["zeroshot"]
     assert protocol["limit"] == 2 and protocol["tasks"]["piqa"]["version"] == 1.0
     assert "zeroshot-quick" in leaderboard_markdown([record]) and "PIQA" in leaderboard_markdown([record])
+
+
+@pytest.mark.slow
+def test_without_a_data_dir_any_lm_eval_task_is_accepted_and_names_are_checked(tmp_path):
+    ctx = EvalContext(data_dir=None, device="cpu", seed=0, threads=1, cache_dir=tmp_path)
+    fps = ZeroShot(ZeroShotConfig(tasks=("piqa", "hellaswag"))).check(ctx)
+    assert fps["zeroshot/hellaswag"] == {"task": "hellaswag", "source": "hub"}
+    with pytest.raises(ConfigError, match="did you mean 'piqa'"):
+        ZeroShot(ZeroShotConfig(tasks=("piqaa",))).check(ctx)
+
+
+@pytest.mark.slow
+def test_crosscheck_against_lm_evals_builtin_task_on_a_tiny_model(tiny_bundle, data_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crosscheck", Path(__file__).parents[1] / "benchmarks" / "zeroshot_crosscheck.py")
+    crosscheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(crosscheck)
+    bundle = tiny_bundle("tiny-llama")
+    ev = ZeroShot(ZeroShotConfig(tasks=("arc_challenge",), limit=8, batch_size=4))
+    ctx = EvalContext(data_dir=data_dir, device="cpu", seed=0, threads=1, cache_dir=tmp_path)
+    ev.check(ctx)
+    ours = {m.name: m.value for m in ev(bundle, ctx).metrics}
+    theirs = crosscheck.builtin_task_results(bundle.model, bundle.tokenizer, "arc_challenge", data_dir, 8, 4, tmp_path)
+    assert theirs["n"]["effective"] == 8 and theirs["config_source"].endswith("arc/arc_challenge.yaml")
+    assert ours["arc_challenge.acc"] == theirs["results"]["acc,none"]
+    assert ours["arc_challenge.acc_norm"] == theirs["results"]["acc_norm,none"]
