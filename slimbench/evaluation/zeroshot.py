@@ -18,12 +18,15 @@ split, the converted data's sha256, few-shot count and batch size.
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -143,8 +146,6 @@ class ZeroShot:
         known = set(self._task_manager.all_subtasks)
         for task in self.config.tasks:
             if task not in known:
-                import difflib
-
                 close = difflib.get_close_matches(task, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"zeroshot: {task!r} is not an lm-eval task (lm-eval {lm_eval_version()}){hint}")
@@ -218,8 +219,5 @@ class ZeroShot:
         }
 
 
-def _default_cache():
-    import os
-    from pathlib import Path
-
+def _default_cache() -> Path:
     return Path(os.environ.get("SLIMBENCH_CACHE_DIR", "~/.cache/slimbench")).expanduser()
