@@ -126,7 +126,9 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
 
     # data the run will read
     threads = int(cfg.get("threads") or torch.get_num_threads())
-    eval_ctx = EvalContext(data_dir=data_dir, device=load_ctx.device, seed=int(cfg.get("seed", 0)), threads=threads)
+    eval_ctx = EvalContext(
+        data_dir=data_dir, device=load_ctx.device, seed=int(cfg.get("seed", 0)), threads=threads, cache_dir=load_ctx.cache_dir
+    )
     data: dict = {}
     for _, ev in evaluators:
         data.update(ev.check(eval_ctx))

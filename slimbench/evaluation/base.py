@@ -36,6 +36,7 @@ class EvalContext:
     device: str
     seed: int
     threads: int
+    cache_dir: Path | None = None  # where evaluators may cache derived data (e.g. converted task files)
 
 
 class Evaluator(Protocol):

@@ -11,6 +11,18 @@ from slimbench.store import ResultStore, flatten_record
 # (column in the flattened record, header, format)
 HEADLINE_COLUMNS: list[tuple[str, str, str]] = [
     ("perplexity.perplexity", "ppl", "{:.3f}"),
+    ("zeroshot.mean.acc", "0-shot mean acc", "{:.4f}"),
+    ("zeroshot.piqa.acc", "PIQA", "{:.4f}"),
+    ("zeroshot.arc_easy.acc", "ARC-e", "{:.4f}"),
+    ("zeroshot.arc_easy.acc_norm", "ARC-e norm", "{:.4f}"),
+    ("zeroshot.arc_challenge.acc", "ARC-c", "{:.4f}"),
+    ("zeroshot.arc_challenge.acc_norm", "ARC-c norm", "{:.4f}"),
+    ("zeroshot.boolq.acc", "BoolQ", "{:.4f}"),
+    ("zeroshot.winogrande.acc", "WinoGrande", "{:.4f}"),
+    ("zeroshot.openbookqa.acc", "OBQA", "{:.4f}"),
+    ("zeroshot.hellaswag.acc_norm", "HellaSwag norm", "{:.4f}"),
+    ("zeroshot.lambada_openai.acc", "LAMBADA", "{:.4f}"),
+    ("zeroshot.lambada_openai.perplexity", "LAMBADA ppl", "{:.2f}"),
     ("latency.prefill_ms", "prefill ms", "{:.1f}"),
     ("latency.decode_tokens_per_s", "decode tok/s", "{:.1f}"),
     ("latency.kv_cache_bytes_per_token", "KV B/token", "{:.0f}"),
