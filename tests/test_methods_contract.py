@@ -34,6 +34,9 @@ CONTRACT = {
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
     "rtn": Contract(overrides=("method.group_size=32",)),
     "gptq": Contract(overrides=("method.group_size=32",)),
+    "awq": Contract(overrides=("method.group_size=32",)),
+    "smoothquant": Contract(),
+    "mixed_precision": Contract(overrides=("method.group_size=32",)),
 }
 
 

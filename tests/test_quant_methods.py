@@ -86,3 +86,65 @@ def test_gptq_config_validation():
         GPTQConfig(act_order=True, group_size=128)
     with pytest.raises(ConfigError):
         GPTQConfig(percdamp=-0.1)
+
+
+# -- AWQ, SmoothQuant, mixed precision ---------------------------------------------------------
+from slimbench.methods.quant.awq import AWQ, AWQConfig  # noqa: E402
+from slimbench.methods.quant.mixed_precision import assign_bits  # noqa: E402
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma3"])
+def test_scale_folding_preserves_the_float_block(tiny_bundle, model):
+    """AWQ/SmoothQuant fold 1/s into the norm (Gemma's 1 + w included) or previous linear, s into the inputs."""
+    bundle = tiny_bundle(model)
+    adapter, block = bundle.adapter, bundle.adapter.get_blocks(bundle.model)[0]
+    ids = torch.randint(0, 200, (1, 10))
+    with torch.no_grad():
+        before = bundle.model(ids).logits
+        lin = adapter.block_linears(block)
+        g = torch.Generator().manual_seed(0)
+        for prev, roles in (("attn_in", ("q", "k", "v")), ("mlp_in", ("gate", "up")), ("up", ("down",))):
+            k = adapter.weight_matrix(lin[roles[0]]).shape[1]
+            s = torch.rand(k, generator=g) * 3 + 0.2
+            AWQ._apply_scale(adapter, block, prev, [lin[r] for r in roles], s)
+        after = bundle.model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_awq_clipping_never_increases_group_output_error():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 64, generator=g)
+    w[0, 3] = 12.0  # an outlier worth clipping
+    x = torch.randn(600, 64, generator=g)
+    method = AWQ(AWQConfig(bits=3, group_size=32))
+    clipped = w.clone()
+    method._clip(clipped, x)
+    assert float(clipped.abs().max()) < 12.0
+    from slimbench.methods.quant.awq import awq_quantize_weight
+
+    def err(v):
+        return float((x @ (awq_quantize_weight(v, 3, 32) - w).t()).pow(2).sum())
+
+    assert err(clipped) <= err(w)
+
+
+def test_mixed_precision_bisection_meets_the_target():
+    cost = {"a": 0.1, "b": 5.0, "c": 0.3, "d": 2.0}
+    sizes = {"a": 100, "b": 100, "c": 300, "d": 100}
+    bits, k = assign_bits(cost, sizes, 3, 4, 3.5)
+    # least sensitive first: a (100), c (300) -> 400 of 600 weights at 3 bits = 3.33 <= 3.5; a alone = 3.83
+    assert k == 2 and bits == {"a": 3, "c": 3, "d": 4, "b": 4}
+    assert assign_bits(cost, sizes, 3, 4, 4.0)[1] == 0
+    assert all(b == 3 for b in assign_bits(cost, sizes, 3, 4, 3.0)[0].values())
+
+
+def test_smoothquant_and_awq_reject_unsupported_layouts():
+    from slimbench.methods.quant.smoothquant import SmoothQuant, SmoothQuantConfig
+    from slimbench.models.adapters import adapter_for
+
+    with pytest.raises(ConfigError):
+        AWQ(AWQConfig()).check(adapter_for("gpt2"))
+    with pytest.raises(ConfigError):
+        SmoothQuant(SmoothQuantConfig()).check(adapter_for("gpt2"))
+    AWQ(AWQConfig()).check(adapter_for("gemma3_text"))
+    SmoothQuant(SmoothQuantConfig()).check(adapter_for("opt"))
