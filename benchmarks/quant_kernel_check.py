@@ -24,9 +24,11 @@ from slimbench.models.loaders import LoadContext, resolve_model
 from slimbench.run import compress
 
 
-def perplexity(bundle, data_dir: Path, windows: int) -> float:
-    ev = Perplexity(PerplexityConfig(max_windows=windows))
-    result = ev(bundle, EvalContext(data_dir=data_dir, device="cpu", seed=0, threads=torch.get_num_threads()))
+def perplexity(bundle, data_dir: Path, windows: int, seqlen: int) -> float:
+    ev = Perplexity(PerplexityConfig(max_windows=windows, seqlen=seqlen))
+    ctx = EvalContext(data_dir=data_dir, device="cpu", seed=0, threads=torch.get_num_threads())
+    ev.check(ctx)
+    result = ev(bundle, ctx)
     return next(m.value for m in result.metrics if m.name == "perplexity")
 
 
@@ -56,13 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--seqlen", type=int, default=2048)
     args = parser.parse_args()
     ctx = LoadContext(cache_dir=Path("~/.cache/slimbench").expanduser())
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        model_cfg = OmegaConf.to_container(compose(config_name="config", overrides=["model=smollm2-135m"]).model, resolve=True)
+        model_cfg = OmegaConf.to_container(compose(config_name="config", overrides=[f"model={args.model}"]).model, resolve=True)
     source, loader, cfg = resolve_model(model_cfg, ctx)
     bundle = loader.load(source, cfg, ctx)
     dense_layer = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])["up"]
@@ -71,10 +75,10 @@ def main() -> None:
     compress(RTN(RTNConfig(bits=4, group_size=64)), bundle, None)
     q_layer = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])["up"]
     t_int4 = decode_us(q_layer, x1)
-    ppl_kernel = perplexity(bundle, args.data_dir, args.windows)
+    ppl_kernel = perplexity(bundle, args.data_dir, args.windows, args.seqlen)
     to_simulated(bundle.model)
-    ppl_sim = perplexity(bundle, args.data_dir, args.windows)
-    print(f"rtn w4 g64, {args.windows} windows: int4 kernel (bf16 act) ppl {ppl_kernel:.4f} | simulated fp32 ppl {ppl_sim:.4f}")
+    ppl_sim = perplexity(bundle, args.data_dir, args.windows, args.seqlen)
+    print(f"{args.model} rtn w4 g64, {args.windows} windows: int4 kernel (bf16 act) ppl {ppl_kernel:.4f} | simulated fp32 ppl {ppl_sim:.4f}")
     print(f"up_proj {tuple(dense_layer.weight.shape)} batch-1 matmul: fp32 {t_dense:.0f} us, int4 kernel {t_int4:.0f} us (threads {torch.get_num_threads()})")
 
 
