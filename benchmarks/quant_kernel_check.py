@@ -39,7 +39,7 @@ def to_simulated(model) -> None:
             codes = m.codes()
             sz = m.scales_zeros.float()  # [K/kg, N, 2]: scale and (q-8)·s + zf folded zero
             s = sz[..., 0].t()
-            z = 8 - sz[..., 1].t() / s  # back to the integer-domain zero (exact up to bf16 rounding)
+            z = torch.round(8 - sz[..., 1].t() / s)  # back to the integer zero point (zf = bf16(s·(8 − z)))
             set_path(model, name, QuantLinear.from_codes(codes, s, z, 4, m.kernel_group, bias=m.bias, layout="packed"))
             assert k == m.in_features
 

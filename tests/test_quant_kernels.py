@@ -121,3 +121,9 @@ def test_export_reload_is_identical(bits, group):
     again = QuantLinear.from_export(meta, {k: v.clone() for k, v in tensors.items()})
     x = torch.randn(3, 128)
     assert again.layout == mod.layout and torch.equal(again(x), mod(x))
+
+
+def test_non_integer_zero_points_are_rejected():
+    codes, scales, zeros = _random_quant(16, 64, 3, 32)
+    with pytest.raises(ValueError):
+        QuantLinear.from_codes(codes, scales, zeros + 0.5, 3, 32)

@@ -188,6 +188,8 @@ def _build_int4_cpu(codes, scales, zeros, bits, group_size):
 
 
 def _build_packed(codes, scales, zeros, bits, group_size):
+    if not torch.equal(zeros, zeros.round()) or float(zeros.min()) < 0 or float(zeros.max()) > 2**bits - 1:
+        raise ValueError(f"zero points must be integers in [0, {2**bits - 1}]")
     return {"qweight": packing.pack_bits(codes, bits), "scales": scales.contiguous(), "zeros": zeros.to(torch.uint8 if bits <= 8 else torch.int32)}, None
 
 
