@@ -215,6 +215,9 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         stage = "compress"
         record.compression = compress(plan.method, bundle, calib).to_dict()
         watch.durations["compress_s"] = record.compression["wall_time_s"]
+        if plan.cfg.get("save_dir"):
+            stage = "save"
+            record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
 
         stage = "evaluate"
         protocol: dict = {"dtype": plan.source.dtype, "device": plan.eval_ctx.device, "threads": torch.get_num_threads()}
@@ -254,6 +257,14 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         if tracker_ok:
             _finish_tracker(tracker, data)
     return RunOutcome(status=record.status, run_id=plan.run_id, record=data, path=path)
+
+
+def _save_model(plan: RunPlan, bundle, record: RunRecord) -> Path:
+    """The compressed model as safetensors + JSON (``save_dir``/<run_id>/; see kernels.serialization)."""
+    from slimbench.kernels.serialization import save_compressed
+
+    meta = {"run_id": plan.run_id, "model": plan.source.to_dict(), "method": record.method}
+    return save_compressed(bundle.model, Path(plan.cfg["save_dir"]) / plan.run_id, meta=meta)
 
 
 def compress(method, bundle, calib: CalibrationSet | None) -> CompressionReport:

@@ -70,6 +70,8 @@ class Adapter:
     moe: MoESpec | None = None
     # Conv1D (GPT-2) stores weight as [in, out]; everything else is nn.Linear [out, in].
     transposed_weights: bool = False
+    # norms multiply by (offset + weight): 0 for Llama-style RMSNorm, 1 for Gemma's (1 + w)
+    norm_weight_offset: float = 0.0
     # attribute names on the model config
     num_heads_attr: str = "num_attention_heads"
     num_kv_heads_attr: str | None = "num_key_value_heads"
@@ -115,6 +117,13 @@ class Adapter:
 
     def norm(self, block: nn.Module, role: str) -> nn.Module | None:
         return get_path(block, self.norms.get(role))
+
+    def scale_norm_output(self, norm: nn.Module, scale: torch.Tensor) -> None:
+        """In place: make ``norm``'s output ``scale`` times its current output (per channel)."""
+        off = self.norm_weight_offset
+        norm.weight.copy_(((norm.weight.float() + off) * scale - off).to(norm.weight.dtype))
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.mul_(scale.to(norm.bias.dtype))
 
     # -- geometry ------------------------------------------------------------------------------
     def attention_geometry(self, config: Any) -> tuple[int, int, int]:
@@ -174,6 +183,7 @@ ADAPTERS.register(
             "mlp_in": "pre_feedforward_layernorm",
             "mlp_out": "post_feedforward_layernorm",
         },
+        norm_weight_offset=1.0,  # Gemma's RMSNorm multiplies by (1 + weight)
     ),
 )
 

@@ -1,0 +1,88 @@
+"""Packing integer codes into bytes, and the layout of torch's CPU int4 kernel.
+
+* ``pack_bits`` / ``unpack_bits``: ``b``-bit codes (b in 1..8) of a ``[N, K]`` matrix packed
+  along K into a little-endian bit stream per row, ``ceil(K·b/8)`` bytes per row. For b = 4
+  this is two codes per byte with column ``2j`` in the low nibble of byte ``j`` (the
+  canonical int4 layout, also read by the Triton kernels); b = 8 is one code per byte.
+* ``to_int4pack_cpu`` / ``from_int4pack_cpu``: torch's ``_convert_weight_to_int4pack_for_cpu``
+  reorders nibbles into a blocked layout for its kernel (it needs N % 16 == 0 and K even).
+  The reorder is a permutation that depends only on (N, K) and the CPU build, so it is
+  recovered once per shape by converting index tensors (4 bits of the flat index at a time)
+  and inverted to read codes back out of a packed weight.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def packed_row_bytes(k: int, bits: int) -> int:
+    return (k * bits + 7) // 8
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """[N, K] integer codes in [0, 2^bits) -> [N, ceil(K·bits/8)] uint8."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    n, k = codes.shape
+    codes = codes.to(torch.int32)
+    if int(codes.min()) < 0 or int(codes.max()) >= 1 << bits:
+        raise ValueError(f"codes out of range for {bits} bits")
+    if bits == 8:
+        return codes.to(torch.uint8).contiguous()
+    shifts = torch.arange(bits, device=codes.device, dtype=torch.int32)
+    stream = ((codes.unsqueeze(-1) >> shifts) & 1).reshape(n, k * bits)  # [N, K·b] bits, LSB first
+    pad = packed_row_bytes(k, bits) * 8 - k * bits
+    if pad:
+        stream = torch.nn.functional.pad(stream, (0, pad))
+    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32))
+    return (stream.reshape(n, -1, 8) * weights).sum(-1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of ``pack_bits``: [N, ceil(K·bits/8)] uint8 -> [N, K] int32 codes."""
+    if bits == 8:
+        return packed.to(torch.int32)
+    n = packed.shape[0]
+    if bits == 4 and k % 2 == 0:  # fast path for the common case
+        p = packed.to(torch.int32)
+        return torch.stack((p & 15, p >> 4), dim=-1).reshape(n, k)
+    shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
+    stream = ((packed.to(torch.int32).unsqueeze(-1) >> shifts) & 1).reshape(n, -1)[:, : k * bits]
+    weights = (1 << torch.arange(bits, device=packed.device, dtype=torch.int32))
+    return (stream.reshape(n, k, bits) * weights).sum(-1)
+
+
+# -- torch's CPU int4 kernel layout ------------------------------------------------------------
+def to_int4pack_cpu(codes: torch.Tensor) -> torch.Tensor:
+    """[N, K] codes in [0, 16) -> the weight operand of ``_weight_int4pack_mm_for_cpu``."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+
+
+@lru_cache(maxsize=64)
+def _int4pack_cpu_source(n: int, k: int) -> torch.Tensor:
+    """For each nibble of the packed layout (low then high of each byte), its flat index n·K+k."""
+    index = torch.arange(n * k, dtype=torch.int64).reshape(n, k)
+    source = torch.zeros(n * k, dtype=torch.int64)
+    shift = 0
+    while (1 << shift) < n * k:
+        packed = to_int4pack_cpu((index >> shift) & 15)
+        source |= _nibbles(packed).to(torch.int64) << shift
+        shift += 4
+    if not torch.equal(torch.sort(source).values, torch.arange(n * k)):
+        raise RuntimeError("the CPU int4 pack layout is not a permutation of the codes")
+    return source
+
+
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    p = packed.to(torch.int32).reshape(-1)
+    return torch.stack((p & 15, p >> 4), dim=-1).reshape(-1)
+
+
+def from_int4pack_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of ``to_int4pack_cpu``: the [N, K] int32 codes."""
+    codes = torch.empty(n * k, dtype=torch.int32)
+    codes[_int4pack_cpu_source(n, k)] = _nibbles(packed)
+    return codes.reshape(n, k)

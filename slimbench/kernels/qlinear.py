@@ -1,0 +1,260 @@
+"""``QuantLinear``: a linear layer that stores packed integer weights and runs a real kernel.
+
+Weights are ``Ŵ[n, k] = s[n, g] · (q[n, k] − z[n, g])`` with integer codes ``q`` in
+``[0, 2^bits)``, one scale ``s`` and integer zero point ``z`` per output row and group of
+``group_size`` consecutive input columns (group g covers columns ``g·gs .. (g+1)·gs − 1``; a
+last partial group, e.g. K = 576 with groups of 128, covers the remaining 64 columns).
+
+The module holds one *layout*, chosen from what the hardware can run:
+
+=============  ======================  ============================================================
+layout         execution path          stored tensors and compute
+=============  ======================  ============================================================
+``int8``       ``int8-kernel``         codes−128 as int8 [N, K], bf16 scale [N], fp32 offset [N];
+                                       ``aten._weight_int8pack_mm`` (bf16 activations) plus
+                                       ``rowsum(x) · s·(128 − z)`` for the zero point (exact)
+``int4-cpu``   ``int4-kernel``         torch's packed int4 [N, K/2] and bf16 scale/zero
+                                       [K/kg, N, 2]; ``aten._weight_int4pack_mm_for_cpu``
+                                       (bf16 activations). The kernel takes groups kg in
+                                       {32, 64, 128, 256} dividing K: a group (or per-row) size
+                                       it does not take is stored with each scale repeated over
+                                       kernel groups of kg | gcd(gs, K) (bytes counted as held)
+``w8a8``       ``int8-kernel``         symmetric per-channel int8 [N, K] and fp32 scale [N];
+                                       activations quantized per token (absmax, int8) and
+                                       multiplied by ``torch._int_mm`` (int8×int8→int32)
+``triton``     ``int4-kernel`` /       canonical packed codes [N, ceil(K·b/8)], scales and zero
+               ``int8-kernel``         points [N, G]; Triton dequant-GEMM (W4A16 / W8A16; GPU,
+                                       or CPU under ``TRITON_INTERPRET=1``)
+``packed``     ``simulated``           the same canonical tensors; dequantized to float on every
+                                       forward, then a dense matmul (no kernel: 2/3-bit, groups a
+                                       kernel does not take, N % 16 ≠ 0 for int4)
+=============  ======================  ============================================================
+
+``storage_stats()`` returns (logical parameters, bytes of the tensors held), so the size
+evaluator counts what the module really stores. ``dequantize()`` gives the float weight the
+kernel computes with (the reference for tests); ``export()`` / ``from_export()`` give a
+portable form (torch's int4 CPU layout is machine-specific: it is exported as canonical codes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from slimbench.kernels import packing
+
+INT4_CPU_GROUPS = (256, 128, 64, 32)
+LAYOUT_PATHS = {"int8": "int8-kernel", "int4-cpu": "int4-kernel", "w8a8": "int8-kernel", "packed": "simulated"}
+KERNEL_ACT_DTYPE = torch.bfloat16  # the CPU weight-only kernels' vectorized path (fp32 is a scalar loop)
+
+
+def num_groups(k: int, group_size: int) -> int:
+    return 1 if group_size <= 0 else math.ceil(k / group_size)
+
+
+def effective_group(k: int, group_size: int) -> int:
+    return k if group_size <= 0 or group_size >= k else group_size
+
+
+def int4_cpu_kernel_group(k: int, group_size: int) -> int | None:
+    """The largest group the CPU int4 kernel takes that tiles both K and the method's groups."""
+    common = math.gcd(effective_group(k, group_size), k)
+    return next((g for g in INT4_CPU_GROUPS if common % g == 0), None)
+
+
+def expand_groups(t: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
+    """[N, G] per-group values -> [N, K] per-column values."""
+    return t.repeat_interleave(effective_group(k, group_size), dim=1)[:, :k]
+
+
+def choose_layout(bits: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> str:
+    """The fastest layout this device can run for the format (``packed`` when none)."""
+    if device.type == "cuda" and bits in (4, 8):
+        return "triton"
+    per_row = effective_group(in_features, group_size) == in_features
+    if bits == 8 and per_row:
+        return "int8"
+    if bits == 4 and out_features % 16 == 0 and in_features % 2 == 0 and int4_cpu_kernel_group(in_features, group_size):
+        return "int4-cpu"
+    return "packed"
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, layout: str, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None = None, kernel_group: int | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.layout, self.kernel_group = bits, group_size, layout, kernel_group
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int, bias: torch.Tensor | None = None, layout: str = "auto") -> "QuantLinear":
+        """codes [N, K] in [0, 2^bits); scales, zeros [N, G] (zeros integer-valued)."""
+        n, k = codes.shape
+        if scales.shape != (n, num_groups(k, group_size)) or zeros.shape != scales.shape:
+            raise ValueError(f"scales/zeros must be [{n}, {num_groups(k, group_size)}], got {tuple(scales.shape)}/{tuple(zeros.shape)}")
+        if layout == "auto":
+            layout = choose_layout(bits, n, k, group_size, codes.device)
+        build = _BUILDERS.get(layout)
+        if build is None:
+            raise ValueError(f"unknown layout {layout!r} (known: {', '.join(_BUILDERS)})")
+        tensors, kernel_group = build(codes, scales.float(), zeros.float(), bits, group_size)
+        return cls(k, n, bits, group_size, layout, tensors, bias, kernel_group)
+
+    @classmethod
+    def w8a8_from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """SmoothQuant's W8A8: symmetric per-channel absmax int8 weights, per-token activations."""
+        n, k = weight.shape
+        scale = weight.abs().amax(dim=1).clamp(min=1e-5) / 127  # [N]
+        q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(k, n, 8, -1, "w8a8", {"qweight": q.contiguous(), "wscale": scale.float()}, bias)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def execution_path(self) -> str:
+        if self.layout == "triton":
+            return "int4-kernel" if self.bits == 4 else "int8-kernel"
+        return LAYOUT_PATHS[self.layout]
+
+    def storage_stats(self) -> tuple[int, int]:
+        tensors = [t for t in self.state_dict().values() if isinstance(t, torch.Tensor)]
+        params = self.in_features * self.out_features + (0 if self.bias is None else self.bias.numel())
+        return params, sum(t.numel() * t.element_size() for t in tensors)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, layout={self.layout}"
+
+    # -- compute ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = _FORWARD[self.layout](self, x2).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The [out, in] float32 weight this module computes with."""
+        return _DEQUANT[self.layout](self)
+
+    def codes(self) -> torch.Tensor:
+        """The [out, in] integer codes (int32)."""
+        return _CODES[self.layout](self)
+
+    # -- portable form ---------------------------------------------------------------------------
+    def export(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        meta = {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits, "group_size": self.group_size, "layout": self.layout, "kernel_group": self.kernel_group, "bias": self.bias is not None}
+        tensors = {k: v for k, v in self.state_dict().items() if v is not None}
+        if self.layout == "int4-cpu":  # machine-specific order -> canonical nibbles
+            tensors["qweight"] = packing.pack_bits(self.codes(), 4)
+        meta["tensors"] = {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()}
+        return meta, tensors
+
+    @classmethod
+    def from_export(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> "QuantLinear":
+        tensors = dict(tensors)
+        bias = tensors.pop("bias", None)
+        if meta["layout"] == "int4-cpu":
+            codes = packing.unpack_bits(tensors["qweight"], 4, meta["in_features"])
+            tensors["qweight"] = packing.to_int4pack_cpu(codes)
+        return cls(meta["in_features"], meta["out_features"], meta["bits"], meta["group_size"], meta["layout"], tensors, bias, meta.get("kernel_group"))
+
+
+# -- layouts ---------------------------------------------------------------------------------------
+def _build_int8(codes, scales, zeros, bits, group_size):
+    if bits != 8 or scales.shape[1] != 1:
+        raise ValueError("layout int8 needs 8-bit per-row codes")
+    scale = scales[:, 0].to(KERNEL_ACT_DTYPE)  # [N] the kernel's scale dtype = activation dtype
+    offset = scale.float() * (128 - zeros[:, 0])  # [N] s·(128 − z): Ŵx = s·(q−128)x + rowsum(x)·offset
+    return {"qweight": (codes.to(torch.int32) - 128).to(torch.int8).contiguous(), "scale": scale, "offset": offset}, None
+
+
+def _build_int4_cpu(codes, scales, zeros, bits, group_size):
+    n, k = codes.shape
+    kg = int4_cpu_kernel_group(k, group_size)
+    if bits != 4 or kg is None or n % 16:
+        raise ValueError(f"layout int4-cpu needs 4-bit codes, N % 16 == 0 and a kernel group for K={k}, group {group_size}")
+    cols = torch.arange(0, k, kg)  # first column of each kernel group
+    s = expand_groups(scales, k, group_size)[:, cols]  # [N, K/kg]
+    z = expand_groups(zeros, k, group_size)[:, cols]
+    s16 = s.to(KERNEL_ACT_DTYPE)
+    zf = (s16.float() * (8 - z)).to(KERNEL_ACT_DTYPE)  # the kernel computes (q − 8)·s + zf
+    sz = torch.stack((s16.t(), zf.t()), dim=-1).contiguous()  # [K/kg, N, 2]
+    return {"qweight": packing.to_int4pack_cpu(codes), "scales_zeros": sz}, kg
+
+
+def _build_packed(codes, scales, zeros, bits, group_size):
+    if not torch.equal(zeros, zeros.round()) or float(zeros.min()) < 0 or float(zeros.max()) > 2**bits - 1:
+        raise ValueError(f"zero points must be integers in [0, {2**bits - 1}]")
+    return {"qweight": packing.pack_bits(codes, bits), "scales": scales.contiguous(), "zeros": zeros.to(torch.uint8 if bits <= 8 else torch.int32)}, None
+
+
+_BUILDERS = {"int8": _build_int8, "int4-cpu": _build_int4_cpu, "packed": _build_packed, "triton": _build_packed}
+
+
+def _fwd_int8(m, x):
+    y = torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_ACT_DTYPE).contiguous(), m.qweight, m.scale).float()
+    return y + x.float().sum(-1, keepdim=True) * m.offset
+
+
+def _fwd_int4_cpu(m, x):
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(KERNEL_ACT_DTYPE).contiguous(), m.qweight, m.kernel_group, m.scales_zeros)
+
+
+def _fwd_w8a8(m, x):
+    xs = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-5) / 127  # [M, 1] per-token scale
+    xq = torch.round(x.float() / xs).clamp(-127, 127).to(torch.int8)
+    return torch._int_mm(xq.contiguous(), m.qweight.t()).float() * xs * m.wscale
+
+
+def _fwd_packed(m, x):
+    return x @ m.dequantize().to(x.dtype).t()
+
+
+def _fwd_triton(m, x):
+    from slimbench.kernels import triton_gemm
+
+    return triton_gemm.dequant_matmul(x, m.qweight, m.scales, m.zeros.float(), m.bits, m.in_features, m.group_size)
+
+
+_FORWARD = {"int8": _fwd_int8, "int4-cpu": _fwd_int4_cpu, "w8a8": _fwd_w8a8, "packed": _fwd_packed, "triton": _fwd_triton}
+
+
+def _codes_packed(m):
+    return packing.unpack_bits(m.qweight, m.bits, m.in_features)
+
+
+_CODES = {
+    "int8": lambda m: m.qweight.to(torch.int32) + 128,
+    "int4-cpu": lambda m: packing.from_int4pack_cpu(m.qweight, m.out_features, m.in_features),
+    "w8a8": lambda m: m.qweight.to(torch.int32),
+    "packed": _codes_packed,
+    "triton": _codes_packed,
+}
+
+
+def _dq_int4_cpu(m):
+    sz = m.scales_zeros.float()  # [K/kg, N, 2]
+    s = sz[..., 0].t().repeat_interleave(m.kernel_group, dim=1)  # [N, K]
+    zf = sz[..., 1].t().repeat_interleave(m.kernel_group, dim=1)
+    return (m.codes() - 8).float() * s + zf
+
+
+def _dq_packed(m):
+    k = m.in_features
+    s = expand_groups(m.scales.float(), k, m.group_size)
+    z = expand_groups(m.zeros.float(), k, m.group_size)
+    return s * (m.codes().float() - z)
+
+
+_DEQUANT = {
+    "int8": lambda m: m.scale.float()[:, None] * (m.qweight.float()) + m.offset[:, None],
+    "int4-cpu": _dq_int4_cpu,
+    "w8a8": lambda m: m.qweight.float() * m.wscale[:, None],
+    "packed": _dq_packed,
+    "triton": _dq_packed,
+}

@@ -1,0 +1,1 @@
+"""Weight (and weight-activation) quantization methods that store packed integers."""

@@ -1,0 +1,156 @@
+"""GPTQ: accurate post-training quantization (Frantar et al., ICLR 2023, arXiv 2210.17323;
+reference IST-DASLab/gptq 2d65066: gptq.py ``fasterquant``, quant.py, llama.py).
+
+Per block, for each group of linears sharing an input (true-sequential order of llama.py:
+q/k/v, then o, then gate/up, then down; each group observes the block with the earlier groups
+already quantized), with H = 2/n Σ xxᵀ of the layer input:
+  1. dead inputs: H_jj = 1, W[:, j] = 0; act-order: permute columns by descending diag H;
+  2. H += 0.01 · mean(diag H) · I; U = upper Cholesky factor of H⁻¹;
+  3. for column blocks of 128: for each column i, (at a group start) fit the min-max grid
+     of the group, q_i = quant(w_i), err = (w_i − q_i)/U_ii, W[:, i:] −= err · U[i, i:] inside
+     the block; after the block, W[:, i2:] −= Err · U[i1:i2, i2:] (lazy batch update);
+  4. the block's outputs are recomputed with quantized weights for the next block.
+Groups: without static groups the grid of a group is fitted when the loop reaches its first
+column, on the *outer* W (which holds the lazy updates of earlier blocks but not the in-block
+updates: the reference's behaviour when the group size is smaller than the 128-column block).
+Static groups fit all grids on the un-updated W before the loop. A last partial group (K not a
+multiple of the group size) is fitted on its remaining columns, as the reference does.
+act-order with groups requires static groups here: without them the reference's groups follow
+the permuted column order and a packed format would need a per-column group index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.calibration import CalibrationEngine, LinearInputs, Step
+from slimbench.errors import ConfigError
+from slimbench.kernels.qlinear import num_groups
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
+from slimbench.methods.quant.common import Quantized, check_format, from_codes, group_slices, install, layer_record, minmax_params, summarize, to_codes
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    bits: int = 4
+    group_size: int = 128  # -1 = one grid per output row
+    sym: bool = False
+    act_order: bool = False
+    static_groups: bool = False
+    true_sequential: bool = True
+    percdamp: float = 0.01
+    blocksize: int = 128
+    propagate_error: bool = True
+
+    def __post_init__(self) -> None:
+        check_format(self.bits, self.group_size)
+        if not 0 <= self.percdamp < 1:
+            raise ConfigError(f"percdamp must be in [0, 1), got {self.percdamp}")
+        if self.blocksize < 1:
+            raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}")
+        if self.act_order and self.group_size > 0 and not self.static_groups:
+            raise ConfigError("act_order with group_size > 0 needs static_groups=true (packed groups must be contiguous columns)")
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Quantized, float]:
+    """Quantize w [N, K] with Hessian h [K, K]; returns the codes and the reference's loss."""
+    w, h = w.detach().float().clone(), h.clone()
+    n, k = w.shape
+    row_grid = [minmax_params(w, cfg.bits, cfg.sym)] if cfg.group_size <= 0 else None  # before dead columns are zeroed, as the reference
+    h, dead = mark_dead_inputs(h)
+    w[:, dead] = 0
+    static = [minmax_params(w[:, c], cfg.bits, cfg.sym) for c in group_slices(k, cfg.group_size)] if cfg.static_groups and cfg.group_size > 0 else None
+    grids = row_grid or static
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = inverse_cholesky_upper(dampen(h, cfg.percdamp))
+
+    codes = torch.zeros(n, k, dtype=torch.int32, device=w.device)
+    scales = torch.zeros(n, num_groups(k, cfg.group_size), device=w.device)
+    zeros = torch.zeros_like(scales)
+    if grids is not None:
+        scales, zeros = torch.stack([g[0] for g in grids], 1), torch.stack([g[1] for g in grids], 1)
+    scale, zero, loss = scales[:, 0], zeros[:, 0], 0.0
+    for i1 in range(0, k, cfg.blocksize):
+        i2 = min(i1 + cfg.blocksize, k)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if cfg.group_size > 0:
+                if static is not None:
+                    g = int(perm[col]) // cfg.group_size
+                    scale, zero = scales[:, g], zeros[:, g]
+                elif col % cfg.group_size == 0:
+                    g = col // cfg.group_size
+                    scale, zero = minmax_params(w[:, col : col + cfg.group_size], cfg.bits, cfg.sym)
+                    scales[:, g], zeros[:, g] = scale, zero
+            col_w, d = w1[:, i], hinv1[i, i]
+            q = to_codes(col_w[:, None], scale, zero, cfg.bits)[:, 0]  # [N]
+            col_q = from_codes(q[:, None], scale, zero)[:, 0]
+            codes[:, col] = q
+            loss += float(((col_w - col_q) ** 2).sum() / d**2) / 2
+            err = (col_w - col_q) / d
+            w1[:, i:] -= err[:, None] @ hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    codes = codes[:, torch.argsort(perm)]
+    return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), loss
+
+
+def sequential_groups(adapter, roles: list[str], true_sequential: bool) -> list[tuple[str, ...]]:
+    """Roles in observe-then-quantize order: one group per shared input, or all at once."""
+    if not true_sequential:
+        return [tuple(roles)]
+    out, seen = [], set()
+    for role in roles:
+        if role not in seen:
+            group = tuple(r for r in adapter.input_group(role) if r in roles)
+            out.append(group)
+            seen.update(group)
+    return out
+
+
+@METHODS.register("gptq")
+class GPTQ:
+    name = "gptq"
+    Config = GPTQConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: GPTQConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        return None
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        adapter, layers, losses = bundle.adapter, {}, {}
+
+        def plan(i, block):
+            linears = adapter.block_linears(block)
+            return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers, losses))
+                    for group in sequential_groups(adapter, list(linears), self.config.true_sequential)]
+
+        engine = CalibrationEngine(bundle, calib, progress=False)
+        report = engine.run(plan, propagate_error=self.config.propagate_error, desc="gptq")
+        path, details, notes = summarize(layers)
+        details.update({"reconstruction_loss": losses, "calibration_tokens": report.samples * report.tokens_per_sample})
+        return MethodResult(execution_path=path, details=details, notes=notes)
+
+    def _compress_fn(self, adapter, block, index, roles, layers, losses):
+        def compress(stats):
+            linears = adapter.block_linears(block)
+            for role in roles:
+                module, path = linears[role], adapter.linears[role]
+                q, loss = gptq_quantize(adapter.weight_matrix(module), hessian_from_gram(stats["x"][role].gram, stats["x"][role].tokens), self.config)
+                name = f"{adapter.blocks}.{index}.{path}"
+                layers[name] = layer_record(q, install(block, path, module, q))
+                losses[name] = round(loss, 6)
+            return None
+
+        return compress

@@ -1,0 +1,53 @@
+"""RTN: round-to-nearest weight quantization (the baseline of GPTQ, Frantar et al. 2023,
+arXiv 2210.17323; IST-DASLab/gptq 2d65066 ``--nearest``).
+
+Algorithm, for every compressible linear of every block (no calibration):
+  1. per output row, or per group of ``group_size`` consecutive input columns (a last partial
+     group when K is not a multiple, e.g. K=576 with g128 -> 4×128 + 64), take the min-max grid
+     of ``slimbench.methods.quant.common`` (asymmetric by default, range widened to include 0);
+  2. q = clamp(round(w/s) + z, 0, 2^bits − 1); store q packed with s and z in a ``QuantLinear``.
+Execution path: int4/int8 kernels where the format has one on this device, else ``simulated``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.quant.common import check_format, install, layer_record, rtn, summarize
+
+
+@dataclass(frozen=True)
+class RTNConfig:
+    bits: int = 4
+    group_size: int = 128  # -1 = one group per output row
+    sym: bool = False
+
+    def __post_init__(self) -> None:
+        check_format(self.bits, self.group_size)
+
+
+@METHODS.register("rtn")
+class RTN:
+    name = "rtn"
+    Config = RTNConfig
+    requires_calibration = False
+    kinds = ("causal_lm", "diffusion")
+
+    def __init__(self, config: RTNConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        return None
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        cfg, adapter = self.config, bundle.adapter
+        layers = {}
+        for name, module in adapter.linear_paths(bundle.model).items():
+            q = rtn(adapter.weight_matrix(module), cfg.bits, cfg.group_size, cfg.sym)  # [out, in]
+            layers[name] = layer_record(q, install(bundle.model, name, module, q))
+        path, details, notes = summarize(layers)
+        return MethodResult(execution_path=path, details=details, notes=notes)

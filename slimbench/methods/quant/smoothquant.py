@@ -1,0 +1,86 @@
+"""SmoothQuant: W8A8 with activation outliers migrated into the weights (Xiao et al., ICML
+2023, arXiv 2211.10438; reference mit-han-lab/smoothquant c61476d: smoothquant/smooth.py,
+fake_quant.py ``W8A8Linear``, calibration.py ``get_act_scales``).
+
+1. From the unmodified model (the reference gathers all activation scales in one pass before
+   smoothing): max |X_j| per input channel j of the linears reading each pre-norm (attention:
+   q/k/v; MLP: gate/up, or fc1), over all calibration tokens.
+2. For each such norm and its linears: w_j = max over the linears of max_i |W_ij| (≥ 1e-5),
+   s_j = max(max|X_j|^α / w_j^(1−α), 1e-5); the norm's output is divided by s (weight, and
+   bias if any) and the linears' input columns multiplied by s (exact in float).
+   o_proj and down_proj are not smoothed (no norm precedes them), as in the reference.
+3. Every block linear becomes W8A8: symmetric per-output-channel absmax int8 weights,
+   activations quantized per token (absmax/127, round) on the fly, int8×int8→int32 by
+   ``torch._int_mm`` and rescaled: a real int8 kernel on CPU (``int8-kernel``).
+α = 0.5 by default (the paper uses 0.85 for Llama-2). The reference calibrates on 512 Pile-val
+samples of ≤ 512 tokens; offline this uses the configured set. BMM inputs (attention
+scores) stay float (the reference's ``quantize_bmm_input=False`` for Llama-like models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.calibration import CalibrationEngine, LinearInputs
+from slimbench.errors import ConfigError
+from slimbench.kernels.qlinear import QuantLinear
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.models.adapters import set_path
+
+SMOOTHED = (("attn_in", "q"), ("mlp_in", "up"))  # (norm, a role reading its output)
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig:
+    alpha: float = 0.5
+    smooth: bool = True  # false: plain W8A8 (the paper's baseline)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+@METHODS.register("smoothquant")
+class SmoothQuant:
+    name = "smoothquant"
+    Config = SmoothQuantConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: SmoothQuantConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        missing = [f"norm {n}" for n, _ in SMOOTHED if n not in adapter.norms] + [f"linear {r}" for _, r in SMOOTHED if r not in adapter.linears]
+        if missing or adapter.transposed_weights:
+            raise ConfigError(f"smoothquant needs pre-norms feeding the attention and MLP inputs; {adapter.family} lacks {missing or 'a [out, in] weight layout'}")
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        adapter, model = bundle.adapter, bundle.model
+        roles = tuple(r for _, r in SMOOTHED)
+        stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
+        smoothing = {}
+        for i, block in enumerate(adapter.get_blocks(model)):
+            if self.config.smooth:
+                smoothing[i] = self._smooth_block(adapter, block, stats[i]["x"])
+            for role, module in adapter.block_linears(block).items():
+                weight, bias = adapter.weight_matrix(module), getattr(module, "bias", None)
+                set_path(block, adapter.linears[role], QuantLinear.w8a8_from_float(weight.detach().float(), None if bias is None else bias.detach()))
+        details = {"alpha": self.config.alpha, "smoothing_scale_range": smoothing, "weights": "int8 per-channel symmetric", "activations": "int8 per-token dynamic"}
+        return MethodResult(execution_path="int8-kernel", details=details, notes=["W8A8 matmuls by torch._int_mm (int8×int8→int32); attention BMMs stay float"])
+
+    def _smooth_block(self, adapter, block, inputs) -> dict:
+        linears, out = adapter.block_linears(block), {}
+        for norm_role, role in SMOOTHED:
+            group = [linears[r] for r in adapter.input_group(role) if r in linears]
+            act = inputs[role].abs_max.float()  # [K] max |x_j|
+            w_max = torch.stack([adapter.weight_matrix(m).abs().amax(dim=0) for m in group]).amax(dim=0).clamp(min=1e-5)
+            s = (act.pow(self.config.alpha) / w_max.pow(1 - self.config.alpha)).clamp(min=1e-5)  # [K]
+            adapter.scale_norm_output(adapter.norm(block, norm_role), 1 / s)
+            for m in group:
+                adapter.weight_matrix(m).mul_(s[None, :])
+            out[norm_role] = [round(float(s.min()), 6), round(float(s.max()), 6)]
+        return out
