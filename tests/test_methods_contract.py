@@ -32,6 +32,10 @@ class Contract:
 CONTRACT = {
     "dense": Contract(sparsity=0.0, changes_weights=False),
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+    "svd": Contract(overrides=("method.ratio=0.2",)),
+    "fwsvd": Contract(overrides=("method.ratio=0.2",)),
+    "asvd": Contract(overrides=("method.ratio=0.2", "method.sensitivity_samples=2")),
+    "svd_llm": Contract(overrides=("method.ratio=0.2",)),
 }
 
 

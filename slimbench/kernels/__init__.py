@@ -1,0 +1,1 @@
+"""Packed and factored module types (and, later, Triton kernels with torch fallbacks)."""
