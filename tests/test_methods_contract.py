@@ -34,7 +34,7 @@ CONTRACT = {
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
     "svd": Contract(overrides=("method.ratio=0.2",)),
     "fwsvd": Contract(overrides=("method.ratio=0.2",)),
-    "asvd": Contract(overrides=("method.ratio=0.2", "method.sensitivity_samples=2")),
+    "asvd": Contract(overrides=("method.ratio=0.2", "method.sensitivity_samples=1", "method.sensitivity_seqlen=16", "method.candidates=[0.6,0.8]")),
     "svd_llm": Contract(overrides=("method.ratio=0.2",)),
 }
 
