@@ -13,7 +13,8 @@ Algorithm:
   3. s_j = sqrt(Î_j / max Î + 1e−6) (normalized by the maximum; the small constant keeps dead
      inputs invertible); SVD of W·diag(s), keep the top k = floor((1 − ratio)·m·n/(m+n))
      triplets, unweight: V ← diag(s)⁻¹ V. Stored as U_k√Σ_k and √Σ_k V_kᵀ diag(s)⁻¹.
-Same ratio for every layer; layers where k would not save parameters stay dense.
+The Fisher rows depend only on the dense model and the calibration set and are cached, so
+every ratio reuses one gradient pass. Same ratio for every layer; layers where k would not save parameters stay dense.
 The paper fine-tunes on the task and uses task data; here the loss is the LM loss on the
 calibration windows and there is no fine-tuning. Execution path: low-rank.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slimbench.calibration import CalibrationEngine
 from slimbench.methods.base import METHODS, MethodResult
 from slimbench.methods.lowrank.common import check_ratio, column_scaled_factors, compress_uniform, decoder_linears, details
 
@@ -51,7 +53,8 @@ class FWSVD:
 
     def apply(self, bundle, calib) -> MethodResult:
         keep = 1.0 - self.config.ratio
-        fisher = fisher_rows(bundle, calib)  # name -> [in]
+        engine = CalibrationEngine(bundle, calib)  # caches the Fisher rows: every ratio shares them
+        fisher = engine.cached("fwsvd-fisher-rows:lm-loss:per-window", lambda: fisher_rows(bundle, calib))  # name -> [in]
         scales = {name: (f / f.max().clamp_min(1e-300) + 1e-6).sqrt() for name, f in fisher.items()}
         with torch.no_grad():
             ranks, dense = compress_uniform(
