@@ -6,6 +6,14 @@ rank k* = m·n/(m+n) (where the two factors hold as many weights as the dense ma
 batch-1 decode step (1 token) and a prefill chunk (``--tokens``). Median of ``--repeats``
 timed calls after warm-up; fp32; the torch thread count is printed. Not a test.
 
+Measured 2026-11-24 (2 threads, torch 2.13 CPU, shared machine; factored/dense time):
+  prefill 128 tokens: ~proportional to FLOPs: 0.14-0.37 at rank/k* = 0.1, 0.53-0.83 at 0.5,
+    0.79-1.06 at 0.75, 1.00-1.32 at 0.9 (crossover near rank/k* ≈ 0.75-0.9; a 20% parameter
+    cut is rank/k* = 0.8, i.e. no prefill gain).
+  decode, 1 token: per-call overhead dominates small layers: 576x576 1.03-1.67 and 192x576
+    1.5-2.0 (never faster); the MLP shapes 1536x576 0.35-0.64 and 576x1536 0.49-0.95 up to
+    rank/k* = 0.75, ~1 at 0.9.
+
     flock /work/bench.lock .venv/bin/python benchmarks/lowrank_crossover.py [--tokens 128] [--repeats 50]
 """
 
