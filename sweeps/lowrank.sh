@@ -10,7 +10,7 @@
 #   asvd: 32 x 2048 (ASVD4LLM's n_calib_samples), with the per-layer perplexity sensitivity pass
 #   limited to ASVD_SENS (default: 4 windows x 512 tokens; the reference scores all 32 windows
 #   at 2048 tokens, i.e. 210 linears x 6 candidates x 32 = 40k forwards of 2048 tokens on SmolLM2:
-#   ~3.3 s each on this 2-core CPU, ~37 h; the default here is 5k forwards of 512 tokens, ~1 h,
+#   ~3.3 s each on this 2-core CPU, ~37 h; the default here is 5k forwards of 512 tokens, ~1.5 h,
 #   once; set ASVD_SENS="method.sensitivity_samples=null method.sensitivity_seqlen=null" for it).
 # The Gram matrices, Fisher rows, activation scales and the ASVD sensitivity table depend only
 # on the dense model and the calibration set: they are computed once and shared by the ratios.
