@@ -322,6 +322,25 @@ class CalibrationEngine:
                 tmp.replace(cache / f"block{i}.pt")
         return results
 
+    def cached(self, cache_key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (model identity, calibration fingerprint, ``cache_key``).
+
+        For results of the *dense* model that runs share (e.g. ASVD's per-layer sensitivity
+        table, reused by every target ratio); ``cache_key`` must name every parameter the
+        result depends on besides the model and the calibration set.
+        """
+        cache = self._cache_dir(cache_key)
+        if cache is not None and (cache / "result.pt").is_file():
+            log.info("calibration result %r loaded from %s", cache_key, cache)
+            return torch.load(cache / "result.pt", weights_only=False)
+        result = compute()
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / ".result.pt.tmp"
+            torch.save(result, tmp)
+            tmp.replace(cache / "result.pt")
+        return result
+
     # internals ---------------------------------------------------------------------------
     def _forward(self, block: nn.Module, hidden: list[torch.Tensor], calls: list, observers: dict[str, Observer]) -> list[torch.Tensor]:
         handles = [h for obs in observers.values() for h in obs.attach(block, self.bundle.adapter)]

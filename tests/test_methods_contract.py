@@ -39,6 +39,10 @@ CONTRACT = {
     "awq": Contract(overrides=("method.group_size=32",)),
     "smoothquant": Contract(),
     "mixed_precision": Contract(overrides=("method.group_size=32",)),
+    "svd": Contract(overrides=("method.ratio=0.2",)),
+    "fwsvd": Contract(overrides=("method.ratio=0.2",)),
+    "asvd": Contract(overrides=("method.ratio=0.2", "method.sensitivity_samples=1", "method.sensitivity_seqlen=16", "method.candidates=[0.6,0.8]")),
+    "svd_llm": Contract(overrides=("method.ratio=0.2",)),
 }
 
 

@@ -1,0 +1,123 @@
+"""A Linear replaced by two factors, and saving/reloading models that contain them.
+
+``FactoredLinear`` computes ``y = B (A x) + b`` with ``A = first`` ([rank, in], no bias) and
+``B = second`` ([out, rank], carrying the original bias). Both factors are ordinary
+``nn.Linear`` parameters, so the harness counts the real parameters: ``rank·(in+out)`` plus
+the bias. Factoring saves parameters (and FLOPs: two matmuls of ``rank·in`` and
+``rank·out`` multiply-adds per token instead of ``in·out``) only when
+``rank < in·out / (in+out)``; ``saves_parameters`` says whether a rank does, and
+``factorize`` refuses ranks that do not.
+
+Saved models: ``save_factored_model`` writes the state dict as safetensors (shared tensors
+such as tied embeddings stored once) with metadata naming every factored layer and its
+shape; ``load_factored_model`` rebuilds those layers on a freshly loaded dense model of the
+same architecture and loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimbench.models.adapters import get_path, set_path
+
+METADATA_KEY = "slimbench.factored"
+
+
+def saves_parameters(out_features: int, in_features: int, rank: int) -> bool:
+    """True when two factors of ``rank`` hold fewer weights than the dense matrix."""
+    return 0 < rank and rank * (in_features + out_features) < in_features * out_features
+
+
+class FactoredLinear(nn.Module):
+    """``second(first(x))``: in -> rank -> out; the bias lives on ``second``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, dtype=None, device=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.first = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)  # [rank, in]
+        self.second = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)  # [out, rank]
+
+    @classmethod
+    def from_factors(cls, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> "FactoredLinear":
+        """``left`` [out, rank] @ ``right`` [rank, in] approximates the weight [out, in]."""
+        (out_f, rank), (rank2, in_f) = left.shape, right.shape
+        if rank != rank2:
+            raise ValueError(f"factor shapes do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
+        module = cls(in_f, out_f, rank, bias is not None, dtype=dtype, device=left.device)
+        with torch.no_grad():
+            module.first.weight.copy_(right)
+            module.second.weight.copy_(left)
+            if bias is not None:
+                module.second.bias.copy_(bias)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    def dense_weight(self) -> torch.Tensor:
+        """The product ``B A`` as [out, in] (for tests and analysis)."""
+        return self.second.weight @ self.first.weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.second.bias is not None}"
+
+
+def factorize(root: nn.Module, path: str, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> FactoredLinear:
+    """Replace the module at ``root.<path>`` by ``left @ right`` (+ bias); rank must save parameters."""
+    old = get_path(root, path)
+    if old is None:
+        raise KeyError(f"no module at {path!r}")
+    if not saves_parameters(left.shape[0], right.shape[1], left.shape[1]):
+        raise ValueError(f"rank {left.shape[1]} does not save parameters for a {left.shape[0]}x{right.shape[1]} weight")
+    dtype = next(old.parameters()).dtype
+    new = FactoredLinear.from_factors(left.to(dtype), right.to(dtype), bias, dtype)
+    set_path(root, path, new)
+    return new
+
+
+def factored_layers(model: nn.Module) -> dict[str, dict]:
+    """name -> {in, out, rank, bias} for every FactoredLinear in ``model``."""
+    return {
+        name: {"in": m.in_features, "out": m.out_features, "rank": m.rank, "bias": m.second.bias is not None}
+        for name, m in model.named_modules()
+        if isinstance(m, FactoredLinear)
+    }
+
+
+def save_factored_model(model: nn.Module, path: str | Path, method: dict | None = None) -> Path:
+    """Write ``model`` as safetensors with metadata describing its factored layers."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {METADATA_KEY: json.dumps({"layers": factored_layers(model), "method": method or {}}, sort_keys=True)}
+    save_model(model, str(path), metadata=meta)
+    return path
+
+
+def read_factored_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: not saved by save_factored_model")
+    return json.loads(meta[METADATA_KEY])
+
+
+def load_factored_model(model: nn.Module, path: str | Path) -> dict:
+    """Rebuild the factored layers recorded in ``path`` on ``model`` (a dense model of the
+    same architecture), then load every weight. Returns the metadata."""
+    from safetensors.torch import load_model
+
+    meta = read_factored_metadata(path)
+    dtype = next(model.parameters()).dtype
+    for name, spec in meta["layers"].items():
+        shell = FactoredLinear(spec["in"], spec["out"], spec["rank"], spec["bias"], dtype=dtype)
+        set_path(model, name, shell)
+    load_model(model, str(path), strict=True)
+    return meta

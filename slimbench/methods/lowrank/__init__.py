@@ -1,0 +1,1 @@
+"""Low-rank decomposition methods: decoder linears replaced by two factors (kernels.factored)."""

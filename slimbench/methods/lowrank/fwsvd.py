@@ -1,0 +1,93 @@
+"""FWSVD: Fisher-weighted SVD.
+
+Hsu et al., "Language Model Compression with Weighted Low-Rank Factorization", ICLR 2022
+(arXiv 2207.00112).
+
+Algorithm:
+  1. Fisher information of every decoder-linear weight, estimated empirically:
+     I_W = (1/N) Σ_d (∂L_d/∂W)² over the N calibration windows d, L_d the mean next-token
+     cross-entropy of window d (one window per backward pass, to keep memory at one sample).
+  2. Row importance Î_j = Σ_i I_W[i, j]: the paper sums I_W along each row of W in its
+     x·W layout (W ∈ R^{in×out}), i.e. one weight per *input* feature of torch's [out, in]
+     weight (ASVD4LLM's ``calib_fisher_info`` aggregates the same axis, as mean over outputs).
+  3. s_j = sqrt(Î_j / max Î + 1e−6) (normalized by the maximum; the small constant keeps dead
+     inputs invertible); SVD of W·diag(s), keep the top k = floor((1 − ratio)·m·n/(m+n))
+     triplets, unweight: V ← diag(s)⁻¹ V. Stored as U_k√Σ_k and √Σ_k V_kᵀ diag(s)⁻¹.
+The Fisher rows depend only on the dense model and the calibration set and are cached, so
+every ratio reuses one gradient pass. Same ratio for every layer; layers where k would not save parameters stay dense.
+The paper fine-tunes on the task and uses task data; here the loss is the LM loss on the
+calibration windows and there is no fine-tuning. Execution path: low-rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.calibration import CalibrationEngine
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.lowrank.common import check_ratio, column_scaled_factors, compress_uniform, decoder_linears, details
+
+
+@dataclass(frozen=True)
+class FWSVDConfig:
+    ratio: float = 0.2  # fraction of decoder-linear parameters removed (keep = 1 − ratio)
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio, "fwsvd")
+
+
+@METHODS.register("fwsvd")
+class FWSVD:
+    name = "fwsvd"
+    Config = FWSVDConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: FWSVDConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        return None
+
+    def apply(self, bundle, calib) -> MethodResult:
+        keep = 1.0 - self.config.ratio
+        engine = CalibrationEngine(bundle, calib)  # caches the Fisher rows: every ratio shares them
+        fisher = engine.cached("fwsvd-fisher-rows:lm-loss:per-window", lambda: fisher_rows(bundle, calib))  # name -> [in]
+        scales = {name: (f / f.max().clamp_min(1e-300) + 1e-6).sqrt() for name, f in fisher.items()}
+        with torch.no_grad():
+            ranks, dense = compress_uniform(
+                bundle.model, bundle.adapter, keep, lambda t, w, k: column_scaled_factors(w, k, scales[t.name])
+            )
+        extra = {"allocation": "uniform", "fisher_samples": int(calib.input_ids.shape[0]), "fisher_axis": "input features (row sums in x·W layout)"}
+        return MethodResult(execution_path="low-rank", details=details(keep, ranks, dense, **extra))
+
+
+def fisher_rows(bundle, calib) -> dict[str, torch.Tensor]:
+    """(1/N) Σ_d Σ_out (∂L_d/∂W)² per input feature of every decoder linear, float64 [in]."""
+    model, adapter = bundle.model, bundle.adapter
+    targets = decoder_linears(model, adapter)
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for t in targets:
+        t.module.weight.requires_grad_(True)
+    device = next(model.parameters()).device
+    sums = {t.name: torch.zeros(t.inp, dtype=torch.float64) for t in targets}
+    try:
+        with torch.enable_grad():
+            for sample in calib.samples():
+                ids = sample["input_ids"].to(device)  # [1, T]
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+                for t in targets:
+                    g = t.module.weight.grad
+                    g = (g.t() if adapter.transposed_weights else g).double()  # [out, in]
+                    sums[t.name] += (g**2).sum(0).cpu()
+                    t.module.weight.grad = None
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+            p.grad = None
+    n = calib.input_ids.shape[0]
+    return {name: s / n for name, s in sums.items()}
