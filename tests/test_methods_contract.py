@@ -32,6 +32,12 @@ class Contract:
 CONTRACT = {
     "dense": Contract(sparsity=0.0, changes_weights=False),
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+    # tiny-llama has 2 blocks (tiny-gemma3 3): one module dropped
+    "attn_drop": Contract(overrides=("method.drop_n=1",)),
+    "mlp_drop": Contract(model="tiny-gemma3", overrides=("method.drop_n=1",)),
+    "block_drop": Contract(overrides=("method.drop_n=1",)),
+    "joint_drop": Contract(model="tiny-gemma3", overrides=("method.drop_n=2",)),
+    "shortgpt": Contract(overrides=("method.drop_n=1",)),
 }
 
 
