@@ -43,6 +43,12 @@ CONTRACT = {
     "fwsvd": Contract(overrides=("method.ratio=0.2",)),
     "asvd": Contract(overrides=("method.ratio=0.2", "method.sensitivity_samples=1", "method.sensitivity_seqlen=16", "method.candidates=[0.6,0.8]")),
     "svd_llm": Contract(overrides=("method.ratio=0.2",)),
+    # tiny-llama has 2 blocks (tiny-gemma3 3): one module dropped
+    "attn_drop": Contract(overrides=("method.drop_n=1",)),
+    "mlp_drop": Contract(model="tiny-gemma3", overrides=("method.drop_n=1",)),
+    "block_drop": Contract(overrides=("method.drop_n=1",)),
+    "joint_drop": Contract(model="tiny-gemma3", overrides=("method.drop_n=2",)),
+    "shortgpt": Contract(overrides=("method.drop_n=1",)),
 }
 
 

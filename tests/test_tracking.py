@@ -9,13 +9,14 @@ from slimbench.tracking import offline_records
 from tests.conftest import TINY_EVAL
 
 
-def _summary_items(run_dir):
+def _logged_items(run_dir):
+    """Values in the run file's history and summary records, and its exit codes."""
     run_file = next(run_dir.glob("run-*.wandb"))
     items, exit_codes = {}, []
     for record in offline_records(run_file):
         kind = record.WhichOneof("record_type")
-        if kind == "summary":
-            for item in record.summary.update:
+        if kind in ("history", "summary"):
+            for item in record.history.item if kind == "history" else record.summary.update:
                 items["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
         if kind == "exit":
             exit_codes.append(record.exit.exit_code)
@@ -34,7 +35,7 @@ def test_wandb_offline_run_files_hold_the_metrics(compose, tmp_path, monkeypatch
     assert outcome.status == ("failed" if fail else "ok")
     run_dirs = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    items, exit_codes = _summary_items(run_dirs[0])
+    items, exit_codes = _logged_items(run_dirs[0])
     ppl = next(m["value"] for m in outcome.record["metrics"] if m["name"] == "perplexity")
     assert items["perplexity/perplexity"] == pytest.approx(ppl)
     assert items["run_id"] == outcome.run_id and items["status"] == outcome.status

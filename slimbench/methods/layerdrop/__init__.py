@@ -1,0 +1,1 @@
+"""Layer dropping: remove whole attention/MLP sublayers or blocks (execution path dropped-modules)."""

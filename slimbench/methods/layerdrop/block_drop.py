@@ -1,0 +1,40 @@
+"""Block Drop (He, Sun, Shen, Li, "What Matters in Transformers? Not All Attention is Needed",
+arXiv 2406.15786; CASE-Lab-UMD/LLM-Drop @ 28b5dd1, ``block_drop.py``,
+``discrete_block_dropping``).
+
+Algorithm:
+  1. one block-by-block pass of the calibration windows through the original model;
+  2. per block: similarity = mean over all tokens of cos(block input, block output) in fp32;
+  3. remove the ``drop_n`` most similar blocks from the block list (one-shot, the reference
+     default); ``iterative`` removes one block per round and re-scores the shortened model.
+Kept blocks are renumbered (attention ``layer_idx``, ``config.num_hidden_layers``,
+``config.layer_types``) so the KV cache stays consistent. The reference's "consecutive
+blocks" variant is not implemented.
+
+Calibration: the reference uses C4, 256 × 2048 tokens; slimbench uses the run's calibration set.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.layerdrop.common import DropConfig, block_drop
+
+
+@METHODS.register("block_drop")
+class BlockDrop:
+    name = "block_drop"
+    Config = DropConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: DropConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        return None  # every adapter knows its block list
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        return block_drop(bundle, calib, self.config)

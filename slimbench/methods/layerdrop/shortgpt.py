@@ -1,0 +1,75 @@
+"""ShortGPT (Men et al., "ShortGPT: Layers in Large Language Models are More Redundant Than You
+Expect", arXiv 2403.03853; icip-cas/ShortGPT @ 9a2ee8d, ``shortgpt/shortgpt.py``, ``metrics.py``).
+
+Algorithm:
+  1. run the calibration windows through the original model and take the hidden states
+     entering and leaving every block;
+  2. Block Influence BI_i = 1 − cos(x_in, x_out) per token, accumulated over all tokens
+     (the reference sums; the mean used here ranks identically for equal-length windows);
+  3. remove the ``drop_n`` blocks of lowest BI from the block list (one shot), renumbering
+     the kept blocks' ``layer_idx`` and the config as Block Drop does.
+
+Where the code differs from the paper's formula, the code is followed: the reference reads
+``output_hidden_states``, whose last entry is the output of the final norm, so the last
+block's BI compares its input with the *normed* model output (``final_norm_last=True``).
+``angular=True`` uses the reference's angular distance arccos(cos)/π instead. The reference
+replaces NaN cosines (zero vectors) by 0.5; torch's cosine has an epsilon and never returns NaN.
+
+Calibration: the reference streams PG19 validation in 256-token chunks; slimbench uses the
+run's calibration set (WikiText-2 validation windows by default), recorded in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimbench.errors import ConfigError
+from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.layerdrop.common import BlockInfluenceCosine, DropConfig, block_drop
+from slimbench.models.adapters import get_path
+
+
+@dataclass(frozen=True)
+class ShortGPTConfig:
+    drop_n: int = 4  # blocks removed
+    angular: bool = False  # reference option: angular distance instead of 1 − cos
+    final_norm_last: bool = True  # reference behaviour: the last block's output is post final norm
+
+    def __post_init__(self) -> None:
+        DropConfig(drop_n=self.drop_n)  # same validation of drop_n
+        for key in ("angular", "final_norm_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+
+
+@METHODS.register("shortgpt")
+class ShortGPT:
+    name = "shortgpt"
+    Config = ShortGPTConfig
+    requires_calibration = True
+    kinds = ("causal_lm",)
+
+    def __init__(self, config: ShortGPTConfig) -> None:
+        self.config = config
+
+    def check(self, adapter) -> None:
+        if self.config.final_norm_last and adapter.final_norm is None:
+            raise ConfigError(f"{adapter.family} models: final_norm_last needs a final norm; set method.final_norm_last=false")
+
+    @torch.no_grad()
+    def apply(self, bundle, calib) -> MethodResult:
+        cfg = self.config
+        final_norm = get_path(bundle.model, bundle.adapter.final_norm) if cfg.final_norm_last else None
+
+        def observer(i: int, n_blocks: int) -> BlockInfluenceCosine:
+            return BlockInfluenceCosine(final_norm if i == n_blocks - 1 else None, angular=cfg.angular)
+
+        key = f"shortgpt-bi-v1:angular={cfg.angular}:final_norm_last={cfg.final_norm_last}"
+        note = "reference calibration: PG19 validation, 256-token chunks; this run: its configured calibration set"
+        result = block_drop(bundle, calib, DropConfig(drop_n=cfg.drop_n), observer=observer, key=key, note=note)
+        sims = result.details["similarity"]["block"]
+        result.details["block_influence"] = [None if s is None else round(1 - s, 8) for s in sims]
+        result.details["importance"] = "Block Influence BI = 1 - similarity; the lowest-BI blocks are removed"
+        return result
