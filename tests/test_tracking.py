@@ -1,6 +1,7 @@
 """W&B offline: the run files on disk hold the logged metrics, and a failed run is closed."""
 
 import json
+import time
 
 import pytest
 
@@ -35,7 +36,13 @@ def test_wandb_offline_run_files_hold_the_metrics(compose, tmp_path, monkeypatch
     assert outcome.status == ("failed" if fail else "ok")
     run_dirs = list((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    items, exit_codes = _logged_items(run_dirs[0])
+    # the W&B service writes the run file asynchronously: wait (bounded) for its exit record
+    deadline = time.monotonic() + 60
+    while True:
+        items, exit_codes = _logged_items(run_dirs[0])
+        if exit_codes or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     ppl = next(m["value"] for m in outcome.record["metrics"] if m["name"] == "perplexity")
     assert items["perplexity/perplexity"] == pytest.approx(ppl)
     assert items["run_id"] == outcome.run_id and items["status"] == outcome.status
