@@ -32,6 +32,8 @@ class Contract:
 CONTRACT = {
     "dense": Contract(sparsity=0.0, changes_weights=False),
     "magnitude": Contract(overrides=("method.sparsity=0.5",), sparsity=0.5),
+    "numerical_pruning": Contract(overrides=("method.ratio=0.3", "method.ratio_of=params")),
+    "flap": Contract(model="tiny-gemma3", overrides=("method.ratio=0.3",)),
 }
 
 
