@@ -160,12 +160,16 @@ def test_compensation_reduces_output_error():
 def test_np_global_units_count_and_whole_groups(data_dir):
     bundle = build("tiny-llama")
     calib = calibration(bundle, data_dir)
+    assert bundle.adapter.tied_embeddings(bundle.model)
+    embed = bundle.model.get_input_embeddings().weight.clone()
     cfg = NumericalPruningConfig(ratio=0.3, ratio_of="units")
     result = NumericalPruning(cfg).apply(bundle, calib)
     d = result.details
     total = d["kv_groups_total"] + d["channels_total"]
     assert d["kv_groups_removed"] + d["channels_removed"] == int(0.3 * total)
     assert result.execution_path == "sliced-dense" and not d["guard_fired"]
+    assert bundle.adapter.tied_embeddings(bundle.model)  # embeddings/lm_head untouched and still tied
+    assert torch.equal(bundle.model.get_input_embeddings().weight, embed)
     for block in bundle.adapter.get_blocks(bundle.model):
         lin = bundle.adapter.block_linears(block)
         geo = st.block_geometry(bundle.adapter, bundle.model.config, block)
