@@ -49,6 +49,8 @@ CONTRACT = {
     "block_drop": Contract(overrides=("method.drop_n=1",)),
     "joint_drop": Contract(model="tiny-gemma3", overrides=("method.drop_n=2",)),
     "shortgpt": Contract(overrides=("method.drop_n=1",)),
+    "numerical_pruning": Contract(overrides=("method.ratio=0.3", "method.ratio_of=params")),
+    "flap": Contract(model="tiny-gemma3", overrides=("method.ratio=0.3",)),
 }
 
 

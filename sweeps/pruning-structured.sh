@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The structured-pruning table on SmolLM2-135M: dense; Numerical Pruning and FLAP removing 20% and
+# 30% of the decoder's attention+MLP parameters (method.ratio_of=params; KV groups and MLP
+# channels physically removed: sliced-dense), plus Numerical Pruning at the paper's own unit
+# ratio (20% / 30% of KV groups + channels). Full WikiText-2 test perplexity at seqlen 2048
+# (eval=ppl: plus size and latency); calibration 128 x 2048 WikiText-2 validation, seed 0.
+# Both methods read the same cached dense statistics (one calibration pass for all 6 runs).
+#
+#   SLIMBENCH_DATA_DIR=../shared/data bash sweeps/pruning-structured.sh                 # the full table (hours on CPU)
+#   SLIMBENCH_DATA_DIR=../shared/data bash sweeps/pruning-structured.sh tracker=none    # extra Hydra overrides go to every run
+#
+# Small settings for a smoke test (same grid, tiny model / few windows):
+#   MODEL=tiny-llama NSAMPLES=4 SEQLEN=64 WINDOWS=2 EVAL_SEQLEN=256 bash sweeps/pruning-structured.sh tracker=none
+# Finished runs are skipped, so the script can be interrupted and re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}    # runs this checkout's code (python -m slimbench.cli)
+MODEL=${MODEL:-smollm2-135m}
+NSAMPLES=${NSAMPLES:-128}             # calibration windows
+SEQLEN=${SEQLEN:-2048}                # calibration window length
+WINDOWS=${WINDOWS:-null}              # perplexity windows (null = the whole test split)
+EVAL_SEQLEN=${EVAL_SEQLEN:-2048}      # perplexity window length
+
+slimbench() { "$PYTHON" -m slimbench.cli "$@"; }
+
+COMMON=(
+  "model=$MODEL" eval=ppl seed=0
+  "calib.nsamples=$NSAMPLES" "calib.seqlen=$SEQLEN" calib.seed=0
+  "eval.evaluators.perplexity.seqlen=$EVAL_SEQLEN" "eval.evaluators.perplexity.max_windows=$WINDOWS"
+)
+
+# dense baseline (the same run_id as in sweeps/pruning.sh: skipped if already there)
+slimbench -m "${COMMON[@]}" method=dense "$@"
+
+# 20% / 30% of attention+MLP parameters removed (4 runs)
+slimbench -m "${COMMON[@]}" method=numerical_pruning,flap method.ratio=0.2,0.3 method.ratio_of=params "$@"
+
+# Numerical Pruning at the paper's unit ratio (20% / 30% of KV groups + MLP channels; 2 runs)
+slimbench -m "${COMMON[@]}" method=numerical_pruning method.ratio=0.2,0.3 method.ratio_of=units "$@"
+
+slimbench leaderboard --model "$MODEL" --suite ppl
