@@ -34,8 +34,9 @@ slimbench -m "${COMMON[@]}" method=dense "$@"
 slimbench -m "${COMMON[@]}" method=magnitude,wanda,sparsegpt method.sparsity=0.5 method.pattern=unstructured,2:4 "$@"
 
 # --- structured rows: Numerical Pruning and FLAP at 20% / 30% -------------------------------
-# (added by the structured-pruning work: one `slimbench -m "${COMMON[@]}" method=... "$@"` line
-#  per method, before the leaderboard below)
+# The same settings (MODEL, NSAMPLES, ...) and overrides go to sweeps/pruning-structured.sh,
+# so the leaderboard below shows all rows of the table in one protocol group.
+bash sweeps/pruning-structured.sh "$@"
 # ---------------------------------------------------------------------------------------------
 
 slimbench leaderboard --model "$MODEL" --suite ppl
