@@ -68,23 +68,17 @@ class ResultStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- reading -------------------------------------------------------------------------------
-    def records(self) -> Iterator[dict]:
+    def records(self, pattern: str = "*.json") -> Iterator[dict]:
         if not self.records_dir.is_dir():
             return
-        for path in sorted(self.records_dir.glob("*.json")):
+        for path in sorted(self.records_dir.glob(pattern)):
             try:
                 yield json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 log.warning("skipping unreadable record %s: %s", path, exc)
 
     def attempts(self, run_id: str) -> list[dict]:
-        out = []
-        for path in sorted(self.records_dir.glob(f"{run_id}__*.json")) if self.records_dir.is_dir() else []:
-            try:
-                out.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                log.warning("skipping unreadable record %s: %s", path, exc)
-        return out
+        return list(self.records(f"{run_id}__*.json"))
 
     def completed(self, run_id: str) -> dict | None:
         """The latest successful attempt of ``run_id``, if any."""

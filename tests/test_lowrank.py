@@ -200,3 +200,17 @@ def test_save_and_reload_identity(tiny_bundle, tmp_path):
 def test_bad_configs(cls, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         cls(**kwargs)
+
+
+def test_factored_model_saves_and_reloads_through_the_pipeline_format(tiny_bundle, tmp_path):
+    from slimbench.kernels.serialization import load_compressed, save_compressed, saved_modules
+
+    bundle = tiny_bundle("tiny-llama")
+    SVD(SVDConfig(ratio=0.3)).apply(bundle, None)
+    expected = _logits(bundle)
+    save_compressed(bundle.model, tmp_path / "ckpt", meta={"method": "svd"})
+    assert {m["type"] for m in saved_modules(tmp_path / "ckpt").values()} == {"factored"}
+    fresh = tiny_bundle("tiny-llama")
+    load_compressed(fresh.model, tmp_path / "ckpt")
+    assert torch.equal(_logits(fresh), expected)
+    assert fresh.adapter.tied_embeddings(fresh.model)

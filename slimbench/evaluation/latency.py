@@ -17,7 +17,7 @@ import torch
 from slimbench._system import measure_peak_rss
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
-from slimbench.evaluation.size import footprint
+from slimbench.evaluation.size import Footprint, footprint
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,9 @@ class Latency:
 
     def __call__(self, bundle, ctx: EvalContext) -> EvalResult:
         measure = self._causal_lm if bundle.kind == "causal_lm" else self._diffusion
-        self._details: dict = {}
-        with measure_peak_rss() as peak:
-            metrics, protocol = measure(bundle)
         size = footprint(bundle.model, bundle.adapter)
+        with measure_peak_rss() as peak:
+            metrics, protocol, details = measure(bundle, size)
         metrics.append(Metric("peak_rss", peak.peak_rss_bytes / 2**20, higher_is_better=False, unit="MiB"))
         metrics.append(Metric("model_bytes", size.bytes / 2**20, higher_is_better=False, unit="MiB"))
         protocol.update(
@@ -123,10 +122,10 @@ class Latency:
                 "peak_memory": peak.method,
             }
         )
-        return EvalResult(metrics, protocol, details=self._details)
+        return EvalResult(metrics, protocol, details=details)
 
     # -- causal LM: prefill + greedy decode with a KV cache ---------------------------------------
-    def _causal_lm(self, bundle) -> tuple[list[Metric], dict]:
+    def _causal_lm(self, bundle, size: Footprint) -> tuple[list[Metric], dict, dict]:
         cfg, model = self.config, bundle.model
         device = next(model.parameters()).device
         vocab = model.get_input_embeddings().weight.shape[0]
@@ -159,9 +158,8 @@ class Latency:
         tokens_in_cache = cfg.batch_size * (cfg.prompt_len + cfg.new_tokens)
         kv_per_token = cache_bytes[-1] / tokens_in_cache if cache_bytes[-1] else 0.0
 
-        weights = footprint(model, bundle.adapter)
         bandwidth = copy_bandwidth(device)
-        achieved = weights.weight_bytes_per_decode_step / (ms_med / 1e3)
+        achieved = size.weight_bytes_per_decode_step / (ms_med / 1e3)
         metrics = [
             Metric("prefill_ms", prefill_med, higher_is_better=False, unit="ms"),
             Metric("prefill_ms_p90", prefill_p90, higher_is_better=False, unit="ms"),
@@ -172,16 +170,15 @@ class Latency:
             Metric("kv_cache_bytes_per_token", kv_per_token, higher_is_better=False, unit="bytes"),
             Metric("bandwidth_fraction", achieved / bandwidth, higher_is_better=True, unit="fraction"),
         ]
-        self._details = {"machine_copy_bandwidth_GBps": round(bandwidth / 1e9, 2)}
         protocol = {
             "workload": "prefill random prompt, then greedy decode with KV cache",
             "prompt_len": cfg.prompt_len,
             "new_tokens": cfg.new_tokens,
         }
-        return metrics, protocol
+        return metrics, protocol, {"machine_copy_bandwidth_GBps": round(bandwidth / 1e9, 2)}
 
     # -- diffusion: one denoiser forward per step ---------------------------------------------------
-    def _diffusion(self, bundle) -> tuple[list[Metric], dict]:
+    def _diffusion(self, bundle, size: Footprint) -> tuple[list[Metric], dict, dict]:
         cfg, model = self.config, bundle.model
         arch = model.config
         device = next(model.parameters()).device
@@ -205,4 +202,4 @@ class Latency:
             Metric("step_ms", med, higher_is_better=False, unit="ms"),
             Metric("step_ms_p90", p90, higher_is_better=False, unit="ms"),
         ]
-        return metrics, {"workload": "denoiser forward at t=500", "steps": cfg.denoise_steps}
+        return metrics, {"workload": "denoiser forward at t=500", "steps": cfg.denoise_steps}, {}

@@ -62,6 +62,20 @@ class FactoredLinear(nn.Module):
         """The product ``B A`` as [out, in] (for tests and analysis)."""
         return self.second.weight @ self.first.weight
 
+    def export(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(description, tensors) for ``kernels.serialization``."""
+        tensors = dict(self.state_dict())
+        meta = {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank, "bias": self.second.bias is not None}
+        meta["tensors"] = {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()}
+        return meta, tensors
+
+    @classmethod
+    def from_export(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> "FactoredLinear":
+        dtype = tensors["first.weight"].dtype
+        module = cls(meta["in_features"], meta["out_features"], meta["rank"], meta["bias"], dtype=dtype)
+        module.load_state_dict(tensors, strict=True)
+        return module
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.second.bias is not None}"
 

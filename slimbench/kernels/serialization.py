@@ -6,11 +6,13 @@
   written once and listed under ``aliases``), with each ``QuantLinear`` in its portable form
   (``QuantLinear.export``: torch's machine-specific int4 CPU layout is written as canonical
   packed codes);
-* ``compressed.json``: ``{"format", "version", "modules": {name: layout, bits, group size,
-  shapes and dtypes of its tensors}, "aliases", "meta"}``.
+* ``compressed.json``: ``{"format", "version", "modules": {name: type, layout, bits, group
+  size or rank, shapes and dtypes of its tensors}, "aliases", "meta"}``.
 
+Compressed module types (``MODULE_TYPES``: ``QuantLinear``, the low-rank ``FactoredLinear``)
+describe themselves with ``export()`` and are rebuilt with ``from_export()``.
 ``load_compressed(model, directory)`` takes a freshly loaded dense model of the same
-architecture, replaces the listed linears by ``QuantLinear`` modules rebuilt from the file
+architecture, replaces the listed linears by the saved module types rebuilt from the file
 (re-packed for this machine's kernels), and loads every other tensor strictly (so folded
 norm scales of SmoothQuant/AWQ come back too). Outputs are identical to the saved model's.
 """
@@ -23,20 +25,23 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from slimbench.kernels.factored import FactoredLinear
 from slimbench.kernels.qlinear import QuantLinear
 from slimbench.models.adapters import set_path
 
 FORMAT, VERSION = "slimbench-compressed", 1
+MODULE_TYPES: dict[str, type] = {"quant": QuantLinear, "factored": FactoredLinear}
+_TYPE_NAMES = {cls: name for name, cls in MODULE_TYPES.items()}
 
 
 def save_compressed(model: nn.Module, directory: str | Path, meta: dict | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    packed = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    packed = {name: m for name, m in model.named_modules() if type(m) in _TYPE_NAMES}
     tensors, modules = {}, {}
     for name, module in packed.items():
         info, parts = module.export()
-        modules[name] = info
+        modules[name] = {**info, "type": _TYPE_NAMES[type(module)]}
         tensors.update({f"{name}.{k}": v for k, v in parts.items()})
     inside = {f"{name}." for name in packed}
     aliases, seen = {}, {}
@@ -67,7 +72,7 @@ def load_compressed(model: nn.Module, directory: str | Path) -> nn.Module:
         parts = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and k[len(prefix):] in info["tensors"]}
         if set(parts) != set(info["tensors"]):
             raise ValueError(f"{name}: tensors {sorted(info['tensors'])} expected, found {sorted(parts)}")
-        set_path(model, name, QuantLinear.from_export(info, parts))
+        set_path(model, name, MODULE_TYPES[info.get("type", "quant")].from_export(info, parts))
         for k in parts:
             del tensors[prefix + k]
     for alias, target in doc["aliases"].items():
