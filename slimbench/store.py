@@ -123,6 +123,8 @@ def flatten_record(rec: dict) -> dict:
     }
     for m in rec.get("metrics", []):
         row[f"{m['evaluator']}.{m['name']}"] = m["value"]
+    if isinstance(row.get("size.bytes"), (int, float)):
+        row["size.mb"] = row["size.bytes"] / 1e6
     comp = rec.get("compression") or {}
     for key in ("wall_time_s", "sparsity", "params_after", "bytes_after"):
         if key in comp:

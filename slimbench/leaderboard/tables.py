@@ -27,6 +27,10 @@ HEADLINE_COLUMNS: list[tuple[str, str, str]] = [
     ("latency.decode_tokens_per_s", "decode tok/s", "{:.1f}"),
     ("latency.kv_cache_bytes_per_token", "KV B/token", "{:.0f}"),
     ("size.params", "params", "{:,.0f}"),
+    ("vs_dense.params_removed", "params removed", "{:.1%}"),
+    ("size.mb", "MB stored", "{:.1f}"),
+    ("vs_dense.prefill_speedup", "prefill × dense", "{:.2f}"),
+    ("vs_dense.decode_speedup", "decode × dense", "{:.2f}"),
     ("size.bits_per_weight", "bits/weight", "{:.2f}"),
     ("size.sparsity", "sparsity", "{:.3f}"),
     ("compression.wall_time_s", "compress s", "{:.1f}"),
@@ -58,6 +62,25 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def add_dense_relative(members: list[dict]) -> None:
+    """Add ``vs_dense.*`` columns to each row of one protocol group, measured against that group's
+    dense run (same model, suite and protocol, so same machine settings): the fraction of
+    parameters removed and the prefill / decode speedups (>1 = faster than dense)."""
+    dense = next((m for m in members if m["method"] == "dense" and m["status"] == "ok"), None)
+    if dense is None:
+        return
+
+    def ratio(a, b):
+        ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b
+        return a / b if ok else None
+
+    for m in members:
+        removed = ratio(m.get("size.params"), dense.get("size.params"))
+        m["vs_dense.params_removed"] = None if removed is None else 1.0 - removed
+        m["vs_dense.prefill_speedup"] = ratio(dense.get("latency.prefill_ms"), m.get("latency.prefill_ms"))
+        m["vs_dense.decode_speedup"] = ratio(m.get("latency.decode_tokens_per_s"), dense.get("latency.decode_tokens_per_s"))
+
+
 def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
     """One table per (model, protocol fingerprint) group; one row per run."""
     rows = [flatten_record(r) for r in records]
@@ -68,6 +91,7 @@ def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
         groups.setdefault((row["model"], row["suite"], row["protocol_fingerprint"]), []).append(row)
     out = []
     for (model, suite, fp), members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        add_dense_relative(members)
         cols = [c for c in HEADLINE_COLUMNS if any(m.get(c[0]) is not None for m in members)]
         headers = ["method", "config", "status", "path"] + [c[1] for c in cols] + ["run_id"]
         body = []
