@@ -279,3 +279,19 @@ def test_check_rejects_fused_qkv():
 
     with pytest.raises(ConfigError):
         Flap(FlapConfig()).check(adapter_for("gpt2"))
+
+
+def test_np_records_the_scaled_score_ranges_and_explains_an_attention_free_result(data_dir):
+    """The global sort compares α·z_group with z_channel; the record holds both ranges, and when
+    no KV group is removed a note says why (the paper's Ψ as written)."""
+    bundle = build("tiny-llama")
+    result = NumericalPruning(NumericalPruningConfig(ratio=0.2)).apply(bundle, calibration(bundle, data_dir))
+    d = result.details
+    lo_g, hi_g = d["group_score_range"]
+    lo_c, hi_c = d["channel_score_range"]
+    assert lo_g <= hi_g and lo_c <= hi_c
+    if lo_g > hi_c:  # every scaled group score above every channel score: only channels go
+        assert d["kv_groups_removed"] == 0
+        assert any("no attention removed" in n for n in result.notes)
+    else:
+        assert not any("no attention removed" in n for n in result.notes)

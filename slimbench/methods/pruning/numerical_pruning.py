@@ -192,12 +192,22 @@ class NumericalPruning:
             "lambda": "inf" if cfg.lam is None else [[round(x, 6) for x in l["lam"]] for l in layers],
             "damping": cfg.damping, "gamma": cfg.gamma, "compensate": cfg.compensate,
             "alpha_group": layers[0]["alpha"],
+            # the scaled scores the global sort compares (prune lowest first)
+            "group_score_range": [round(float(min(l["group"].min() for l in layers)), 4),
+                                  round(float(max(l["group"].max() for l in layers)), 4)],
+            "channel_score_range": [round(float(min(l["channel"].min() for l in layers)), 4),
+                                    round(float(max(l["channel"].max() for l in layers)), 4)],
         }
 
     def _notes(self, details) -> list[str]:
         notes = [f"removed {details['kv_groups_removed']}/{details['kv_groups_total']} KV groups and "
                  f"{details['channels_removed']}/{details['channels_total']} MLP channels; "
                  f"attention+MLP parameters reduced by {details['param_reduction']:.2%}"]
+        if details["kv_groups_removed"] == 0 and details["channels_removed"] and details["allocation"] == "global":
+            lo, hi = details["group_score_range"], details["channel_score_range"]
+            notes.append(f"no attention removed: the α-scaled KV-group scores ({lo[0]:.3g}..{lo[1]:.3g}, α={details['alpha_group']:.1f}) "
+                         f"all lie above the MLP channel scores ({hi[0]:.3g}..{hi[1]:.3g}), so the global sort only reaches channels "
+                         "(the paper's Ψ as written; allocation=uniform prunes both)")
         if details["guard_fired"]:
             notes.append(f"layers {details['guard_fired']}: every unit was selected, the best one was kept")
         return notes
