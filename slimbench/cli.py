@@ -165,7 +165,9 @@ def leaderboard_main(argv: list[str]) -> int:
     parser.add_argument("--results-dir", default=os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs"))
     parser.add_argument("--model", help="only this model")
     parser.add_argument("--suite", help="only this eval suite")
+    parser.add_argument("--methods", help="only these methods (comma-separated, e.g. dense,wanda,sparsegpt)")
     parser.add_argument("--csv", help="CSV output path (default: <results-dir>/leaderboard.csv)")
+    parser.add_argument("--markdown", help="also write the Markdown tables to this file")
     args = parser.parse_args(argv)
     from slimbench.leaderboard.tables import leaderboard_markdown, load_records, write_csv
 
@@ -173,7 +175,14 @@ def leaderboard_main(argv: list[str]) -> int:
         print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
         return 2
     records = load_records(args.results_dir, model=args.model, suite=args.suite)
-    print(leaderboard_markdown(records))
+    if args.methods:
+        wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
+        records = [r for r in records if r.get("method", {}).get("name") in wanted]
+    table = leaderboard_markdown(records)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     csv = write_csv(records, args.csv or Path(args.results_dir) / "leaderboard.csv")
     print(f"\n{len(records)} runs; CSV: {csv}")
     return 0

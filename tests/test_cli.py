@@ -71,6 +71,12 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
     rows = [line for line in board.stdout.splitlines() if line.startswith("| dense") or line.startswith("| magnitude")]
     assert len(rows) == 3 and (tmp_path / "results" / "leaderboard.csv").is_file()
 
+    only, _ = _run(["leaderboard", "--results-dir", str(tmp_path / "results"), "--methods", "magnitude",
+                    "--markdown", str(tmp_path / "board.md")], tmp_path, data_dir)
+    assert only.returncode == 0
+    written = (tmp_path / "board.md").read_text()
+    assert written.count("| magnitude") == 2 and "| dense" not in written
+
 
 @pytest.mark.slow
 def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, data_dir):
