@@ -7,7 +7,7 @@ from slimbench.data.corpora import resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set
 from slimbench.errors import ConfigError
 from slimbench.evaluation.size import footprint
-from slimbench.kernels.factored import FactoredLinear, factorize, load_factored_model, read_factored_metadata, save_factored_model
+from slimbench.kernels.factored import FactoredLinear, factorize
 from slimbench.methods.lowrank.asvd import ASVD, ASVDConfig, binary_search
 from slimbench.methods.lowrank.common import column_scaled_factors, keep_rank, truncated_factors, whitened_factors
 from slimbench.methods.lowrank.fwsvd import FWSVD, FWSVDConfig, fisher_rows
@@ -170,25 +170,6 @@ def test_asvd_uniform_allocation(tiny_bundle, data_dir):
     assert set(result.details["layer_keep"].values()) == {0.8} and len(result.details["ranks"]) == 14
 
 
-def test_save_and_reload_identity(tiny_bundle, tmp_path):
-    bundle = tiny_bundle("tiny-llama")
-    SVD(SVDConfig(ratio=0.3)).apply(bundle, None)
-    expected = _logits(bundle)
-    path = save_factored_model(bundle.model, tmp_path / "model.safetensors", method={"name": "svd", "ratio": 0.3})
-    meta = read_factored_metadata(path)
-    assert meta["method"]["ratio"] == 0.3 and len(meta["layers"]) == 14
-    assert meta["layers"]["model.layers.0.mlp.down_proj"] == {"in": 128, "out": 64, "rank": keep_rank(64, 128, 0.7), "bias": False}
-
-    fresh = tiny_bundle("tiny-llama")
-    torch.manual_seed(123)
-    for p in fresh.model.parameters():  # make sure the weights really come from the file
-        torch.nn.init.normal_(p)
-    load_factored_model(fresh.model, path)
-    assert torch.equal(_logits(fresh), expected)
-    assert fresh.adapter.tied_embeddings(fresh.model)
-    assert footprint(fresh.model, fresh.adapter).params == footprint(bundle.model, bundle.adapter).params
-
-
 @pytest.mark.parametrize("cls,kwargs,match", [
     (SVDConfig, {"ratio": 0.0}, "ratio"),
     (SVDLLMConfig, {"ratio": 1.0}, "ratio"),
@@ -208,9 +189,15 @@ def test_factored_model_saves_and_reloads_through_the_pipeline_format(tiny_bundl
     bundle = tiny_bundle("tiny-llama")
     SVD(SVDConfig(ratio=0.3)).apply(bundle, None)
     expected = _logits(bundle)
-    save_compressed(bundle.model, tmp_path / "ckpt", meta={"method": "svd"})
-    assert {m["type"] for m in saved_modules(tmp_path / "ckpt").values()} == {"factored"}
+    save_compressed(bundle.model, tmp_path / "ckpt", meta={"method": "svd", "ratio": 0.3})
+    modules = saved_modules(tmp_path / "ckpt")
+    assert {m["type"] for m in modules.values()} == {"factored"} and len(modules) == 14
+    assert modules["model.layers.0.mlp.down_proj"]["rank"] == keep_rank(64, 128, 0.7)
     fresh = tiny_bundle("tiny-llama")
+    torch.manual_seed(123)
+    for p in fresh.model.parameters():  # make sure the weights really come from the file
+        torch.nn.init.normal_(p)
     load_compressed(fresh.model, tmp_path / "ckpt")
     assert torch.equal(_logits(fresh), expected)
     assert fresh.adapter.tied_embeddings(fresh.model)
+    assert footprint(fresh.model, fresh.adapter).params == footprint(bundle.model, bundle.adapter).params

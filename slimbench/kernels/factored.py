@@ -1,4 +1,4 @@
-"""A Linear replaced by two factors, and saving/reloading models that contain them.
+"""A Linear replaced by two factors.
 
 ``FactoredLinear`` computes ``y = B (A x) + b`` with ``A = first`` ([rank, in], no bias) and
 ``B = second`` ([out, rank], carrying the original bias). Both factors are ordinary
@@ -8,23 +8,16 @@ the bias. Factoring saves parameters (and FLOPs: two matmuls of ``rank·in`` and
 ``rank < in·out / (in+out)``; ``saves_parameters`` says whether a rank does, and
 ``factorize`` refuses ranks that do not.
 
-Saved models: ``save_factored_model`` writes the state dict as safetensors (shared tensors
-such as tied embeddings stored once) with metadata naming every factored layer and its
-shape; ``load_factored_model`` rebuilds those layers on a freshly loaded dense model of the
-same architecture and loads the weights.
+Models containing factored layers save and reload through ``slimbench.kernels.serialization``
+(``FactoredLinear.export`` / ``from_export``), the one format for every compressed module type.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from slimbench.models.adapters import get_path, set_path
-
-METADATA_KEY = "slimbench.factored"
 
 
 def saves_parameters(out_features: int, in_features: int, rank: int) -> bool:
@@ -91,47 +84,3 @@ def factorize(root: nn.Module, path: str, left: torch.Tensor, right: torch.Tenso
     new = FactoredLinear.from_factors(left.to(dtype), right.to(dtype), bias, dtype)
     set_path(root, path, new)
     return new
-
-
-def factored_layers(model: nn.Module) -> dict[str, dict]:
-    """name -> {in, out, rank, bias} for every FactoredLinear in ``model``."""
-    return {
-        name: {"in": m.in_features, "out": m.out_features, "rank": m.rank, "bias": m.second.bias is not None}
-        for name, m in model.named_modules()
-        if isinstance(m, FactoredLinear)
-    }
-
-
-def save_factored_model(model: nn.Module, path: str | Path, method: dict | None = None) -> Path:
-    """Write ``model`` as safetensors with metadata describing its factored layers."""
-    from safetensors.torch import save_model
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {METADATA_KEY: json.dumps({"layers": factored_layers(model), "method": method or {}}, sort_keys=True)}
-    save_model(model, str(path), metadata=meta)
-    return path
-
-
-def read_factored_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if METADATA_KEY not in meta:
-        raise ValueError(f"{path} has no {METADATA_KEY!r} metadata: not saved by save_factored_model")
-    return json.loads(meta[METADATA_KEY])
-
-
-def load_factored_model(model: nn.Module, path: str | Path) -> dict:
-    """Rebuild the factored layers recorded in ``path`` on ``model`` (a dense model of the
-    same architecture), then load every weight. Returns the metadata."""
-    from safetensors.torch import load_model
-
-    meta = read_factored_metadata(path)
-    dtype = next(model.parameters()).dtype
-    for name, spec in meta["layers"].items():
-        shell = FactoredLinear(spec["in"], spec["out"], spec["rank"], spec["bias"], dtype=dtype)
-        set_path(model, name, shell)
-    load_model(model, str(path), strict=True)
-    return meta
