@@ -129,6 +129,9 @@ def flatten_record(rec: dict) -> dict:
     for key in ("wall_time_s", "sparsity", "params_after", "bytes_after"):
         if key in comp:
             row[f"compression.{key}"] = comp[key]
+    cal = comp.get("calibration") or {}
+    if cal:
+        row["calibration"] = f"{cal.get('dataset')}/{cal.get('split')} {cal.get('nsamples')}x{cal.get('seqlen')} seed {cal.get('seed')}"
     if comp.get("peak_rss_bytes") is not None:
         row["compression.peak_rss_mib"] = comp["peak_rss_bytes"] / 2**20
     return row

@@ -25,12 +25,14 @@ def _row(table, method):
 def test_rows_are_compared_with_the_dense_run_of_their_own_protocol_group():
     table = leaderboard_markdown([
         _rec("d", "dense", 1000, 200.0, 30.0, 4_000_000),
-        _rec("s", "flap", 800, 160.0, 36.0, 3_200_000),
+        {**_rec("s", "flap", 800, 160.0, 36.0, 3_200_000),
+         "compression": {"calibration": {"dataset": "wikitext2", "split": "validation", "nsamples": 128, "seqlen": 2048, "seed": 0}}},
         _rec("o", "wanda", 500, 100.0, 60.0, 2_000_000, fp="p2"),  # other protocol: no dense to compare
     ])
     flap, dense = _row(table, "flap"), _row(table, "dense")
     assert flap["params removed"] == "20.0%" and dense["params removed"] == "0.0%"
     assert flap["prefill × dense"] == "1.25" and flap["decode × dense"] == "1.20"
     assert flap["MB stored"] == "3.2"
+    assert flap["calibration"] == "wikitext2/validation 128x2048 seed 0" and dense["calibration"] == "-"
     wanda = _row(table, "wanda")
     assert "prefill × dense" not in wanda and wanda["MB stored"] == "2.0"

@@ -33,6 +33,7 @@ HEADLINE_COLUMNS: list[tuple[str, str, str]] = [
     ("vs_dense.decode_speedup", "decode × dense", "{:.2f}"),
     ("size.bits_per_weight", "bits/weight", "{:.2f}"),
     ("size.sparsity", "sparsity", "{:.3f}"),
+    ("calibration", "calibration", "{}"),
     ("compression.wall_time_s", "compress s", "{:.1f}"),
     ("compression.peak_rss_mib", "compress peak RSS MiB", "{:.0f}"),
 ]
