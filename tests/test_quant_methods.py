@@ -148,3 +148,93 @@ def test_smoothquant_and_awq_reject_unsupported_layouts():
         SmoothQuant(SmoothQuantConfig()).check(adapter_for("gpt2"))
     AWQ(AWQConfig()).check(adapter_for("gemma3_text"))
     SmoothQuant(SmoothQuantConfig()).check(adapter_for("opt"))
+
+
+def test_budget_bisection_finds_the_last_k_within_the_budget():
+    from slimbench.methods.quant.mixed_precision import largest_within_budget
+
+    calls = []
+
+    def within(k):
+        calls.append(k)
+        return k <= 13
+
+    assert largest_within_budget(40, within) == (13, True)
+    assert len(calls) <= 8  # 1 + ceil(log2(41)) evaluations, not a scan
+    assert largest_within_budget(40, lambda k: True) == (40, True)
+    assert largest_within_budget(40, lambda k: False) == (0, False)
+
+
+def _calib(bundle, data_dir, n=4, seqlen=64):
+    from slimbench.data.corpora import resolve_corpus
+    from slimbench.data.sampler import CalibConfig, build_calibration_set
+
+    ref = resolve_corpus("wikitext2", "validation", data_dir)
+    return build_calibration_set(CalibConfig(nsamples=n, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
+
+
+def test_mixed_precision_ppl_budget_search_invariants(tiny_bundle, data_dir):
+    """budget=ppl (the paper's criterion): the chosen k is within (1 + budget) x the unquantized
+    perplexity, k + 1 was tried and is not, and the search leaves the weights untouched."""
+    from slimbench.methods.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig, window_perplexity
+
+    bundle = tiny_bundle("tiny-llama")
+    calib = _calib(bundle, data_dir)
+    cfg = MixedPrecisionConfig(budget="ppl", ppl_budget=0.01, bits_low=2, bits_high=8, target_bits=4,
+                               group_size=32, quantizer="rtn", budget_samples=2)
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    reference = window_perplexity(bundle.model, list(calib.samples())[:2])
+    cost = {f"model.layers.{i}.{p}": float(j + 7 * i) for i in range(2) for j, p in enumerate(bundle.adapter.linears.values())}
+    bits, k, search = MixedPrecision(cfg)._search_budget(bundle, calib, cost)
+    assert all(torch.equal(v, before[n]) for n, v in bundle.model.state_dict().items())  # restored
+    assert search["ppl_unquantized"] == pytest.approx(reference) and search["ppl_limit"] == pytest.approx(1.01 * reference)
+    assert search["met"] == (search["tried"]["0"] <= search["ppl_limit"])
+    assert search["tried"][str(k)] <= search["ppl_limit"] or (k == 0 and not search["met"])
+    if k < len(cost):  # bisection stops only once k + 1 has been shown to break the budget
+        assert search["tried"][str(k + 1)] > search["ppl_limit"]
+    assert sum(b == 2 for b in bits.values()) == k and set(bits.values()) <= {2, 8}
+
+    result = MixedPrecision(cfg).apply(bundle, calib)
+    assert result.details["budget"] == "ppl" and set(result.details["budget_search"]) >= {"tried", "met", "ppl_limit"}
+
+
+def test_mixed_precision_ppl_budget_met_and_unmet(tiny_bundle, data_dir, monkeypatch):
+    """With the perplexity made a known function of the low-bit layer count, the search lands
+    on the exact boundary; an unreachable budget keeps every layer high and says so."""
+    from slimbench.methods.quant import mixed_precision as mp
+
+    bundle = tiny_bundle("tiny-llama")
+    calib = _calib(bundle, data_dir)
+    originals = {n: m.weight.detach().clone() for n, m in bundle.model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    def fake_ppl(model, windows, base=10.0, per_layer=0.1):  # +1% per linear whose weight was changed
+        changed = sum(not torch.equal(m.weight, originals[n]) for n, m in model.named_modules() if n in originals)
+        return base + per_layer * changed
+
+    monkeypatch.setattr(mp, "window_perplexity", fake_ppl)
+    cfg = mp.MixedPrecisionConfig(budget="ppl", ppl_budget=0.055, bits_low=2, bits_high=8, target_bits=4,
+                                  group_size=32, quantizer="rtn", budget_samples=1)
+    # bits_high=8 changes every weight too (+1% each for 14 linears) -> the all-high model is already 14% off
+    result = mp.MixedPrecision(cfg).apply(bundle, calib)
+    assert result.details["layers_low"] == 0 and not result.details["budget_search"]["met"]
+    assert any("budget not met" in n for n in result.notes)
+
+    bundle = tiny_bundle("tiny-llama")
+    originals = {n: m.weight.detach().clone() for n, m in bundle.model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+    def low_count_ppl(model, windows):  # +1% per linear at 2 bits (relative error ~10%, vs ~0.1% at 8 bits)
+        def rel_err(n, m):
+            return float((m.weight - originals[n]).abs().mean() / originals[n].abs().mean())
+
+        count = sum(rel_err(n, m) > 0.02 for n, m in model.named_modules() if n in originals)
+        return 10.0 * (1 + 0.01 * count)
+
+    monkeypatch.setattr(mp, "window_perplexity", low_count_ppl)
+    result = mp.MixedPrecision(cfg).apply(bundle, calib)
+    assert result.details["budget_search"]["met"] and result.details["layers_low"] == 5  # 5% <= 5.5% < 6%
+@pytest.mark.parametrize("kwargs", [{"budget": "accuracy"}, {"ppl_budget": 0.0}, {"budget_samples": 0}])
+def test_mixed_precision_budget_config_validation(kwargs):
+    from slimbench.methods.quant.mixed_precision import MixedPrecisionConfig
+
+    with pytest.raises(ConfigError):
+        MixedPrecisionConfig(**kwargs)

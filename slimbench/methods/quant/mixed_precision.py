@@ -10,17 +10,24 @@ Quantization", arXiv 2306.04879; sensitivity in the HAWQ-V2 form, Dong et al. 20
 3. Layers are ordered by the sensitivity increase per bit saved,
    (Ω_l(low) − Ω_l(high)) / (numel_l · (high − low)), least sensitive first; the first k
    layers get ``bits_low`` and the rest ``bits_high``. k is found by bisection as the
-   smallest k whose weight-averaged bit width is ≤ ``target_bits`` (the paper bisects over
-   the same ranked configurations against an accuracy budget; here the budget is the
-   average bit width, which is what the benchmark table fixes).
+   smallest k whose weight-averaged bit width is ≤ ``target_bits`` (``budget=bits``, what the
+   benchmark table fixes), or, as in the paper, the largest k whose model stays within an
+   accuracy budget (``budget=ppl``): perplexity on the first ``budget_samples`` calibration
+   windows ≤ (1 + ``ppl_budget``) × the unquantized model's. During that search each candidate
+   is scored with its layers fake-quantized by RTN (the sensitivity's own quantizer; one
+   forward pass per candidate, weights restored afterwards), assuming, as bisection does, that
+   quality falls monotonically with k.
 4. Each layer is quantized to its bit width by GPTQ (sequential, error propagation) or RTN.
 Not implemented: the paper's inter-layer-dependency augmentation of the ranking (only the
-Hessian-trace term is used) and its accuracy-budget criterion.
+Hessian-trace term is used; the paper's exact formulation is not available here).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Callable
 
 import torch
 
@@ -40,8 +47,17 @@ class MixedPrecisionConfig:
     group_size: int = 128
     quantizer: str = "gptq"  # or "rtn"
     sym: bool = False
+    budget: str = "bits"  # "bits": meet target_bits | "ppl": stay within ppl_budget (the paper's criterion)
+    ppl_budget: float = 0.05  # budget=ppl: allowed relative perplexity increase over the unquantized model
+    budget_samples: int = 8  # budget=ppl: calibration windows the perplexity is measured on
 
     def __post_init__(self) -> None:
+        if self.budget not in ("bits", "ppl"):
+            raise ConfigError(f"mixed_precision.budget must be 'bits' or 'ppl', got {self.budget!r}")
+        if not self.ppl_budget > 0:
+            raise ConfigError(f"mixed_precision.ppl_budget must be > 0, got {self.ppl_budget}")
+        if self.budget_samples < 1:
+            raise ConfigError(f"mixed_precision.budget_samples must be >= 1, got {self.budget_samples}")
         check_format(self.bits_low, self.group_size)
         check_format(self.bits_high, self.group_size)
         if not self.bits_low < self.bits_high:
@@ -76,6 +92,28 @@ def assign_bits(cost: dict[str, float], sizes: dict[str, int], low: int, high: i
     return {n: (low if i < lo else high) for i, n in enumerate(order)}, lo
 
 
+def largest_within_budget(n: int, within: Callable[[int], bool]) -> tuple[int, bool]:
+    """Bisection for the largest k in [0, n] with ``within(k)`` (assumed monotone: true up to some
+    k, false after). Returns (k, whether k = 0 itself was within the budget)."""
+    if not within(0):
+        return 0, False
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if within(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, True
+
+
+@torch.no_grad()
+def window_perplexity(model, windows: list[dict]) -> float:
+    """exp(mean over windows of the window's mean token NLL): the perplexity protocol's formula."""
+    nll = [float(model(**w, labels=w["input_ids"]).loss) for w in windows]
+    return math.exp(sum(nll) / len(nll))
+
+
 @METHODS.register("mixed_precision")
 class MixedPrecision:
     name = "mixed_precision"
@@ -96,13 +134,60 @@ class MixedPrecision:
         roles = tuple(adapter.linears)
         stats = engine.collect(lambda i, b: {"x": LinearInputs([r for r in roles if r in adapter.block_linears(b)], {"sq_sum"})}, cache_key="sq_sum:" + ",".join(roles), desc="hessian trace")
         cost, sizes, traces = self._sensitivities(adapter, bundle.model, stats)
-        bits, k = assign_bits(cost, sizes, cfg.bits_low, cfg.bits_high, cfg.target_bits)
+        search: dict = {}
+        if cfg.budget == "bits":
+            bits, k = assign_bits(cost, sizes, cfg.bits_low, cfg.bits_high, cfg.target_bits)
+        else:
+            bits, k, search = self._search_budget(bundle, calib, cost)
         layers = self._quantize(bundle, calib, engine, bits)
         path, details, notes = summarize(layers)
         mean = sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values())
-        details.update({"assigned_mean_bits": mean, "layers_low": k, "hessian_mean_diag": traces, "sensitivity_per_bit": cost})
+        details.update({"budget": cfg.budget, "assigned_mean_bits": mean, "layers_low": k, "hessian_mean_diag": traces,
+                        "sensitivity_per_bit": cost, **({"budget_search": search} if search else {})})
         notes.append(f"{k} of {len(bits)} linears at {cfg.bits_low} bits, the rest at {cfg.bits_high}: mean {mean:.3f} bits/weight before scales")
+        if search and not search["met"]:
+            notes.append(f"perplexity budget not met even with every linear at {cfg.bits_high} bits "
+                         f"({search['ppl_all_high']:.4g} > {search['ppl_limit']:.4g}): all linears kept at {cfg.bits_high} bits")
         return MethodResult(execution_path=path, details=details, notes=notes)
+
+    @torch.no_grad()
+    def _search_budget(self, bundle, calib, cost) -> tuple[dict[str, int], int, dict]:
+        """The paper's criterion: the most layers at ``bits_low`` whose RTN fake-quantized model keeps
+        the calibration-window perplexity within (1 + ppl_budget) x the unquantized model's."""
+        cfg, model = self.config, bundle.model
+        order = sorted(cost, key=lambda n: (cost[n], n))
+        modules = dict(model.named_modules())
+        windows = list(islice(calib.samples(), cfg.budget_samples))
+        reference = window_perplexity(model, windows)
+        limit = (1 + cfg.ppl_budget) * reference
+        fake = {}  # name -> {bits: dequantized weight}, computed once per layer and width
+        tried: dict[int, float] = {}
+
+        def fake_weight(name, b):
+            per = fake.setdefault(name, {})
+            if b not in per:
+                w = bundle.adapter.weight_matrix(modules[name])
+                per[b] = rtn(w, b, cfg.group_size, cfg.sym).dequantize().to(w.dtype)
+            return per[b]
+
+        def within(k: int) -> bool:
+            originals = {}
+            try:
+                for i, name in enumerate(order):
+                    w = bundle.adapter.weight_matrix(modules[name])
+                    originals[name] = w.detach().clone()
+                    w.copy_(fake_weight(name, cfg.bits_low if i < k else cfg.bits_high))
+                tried[k] = window_perplexity(model, windows)
+            finally:
+                for name, w0 in originals.items():
+                    bundle.adapter.weight_matrix(modules[name]).copy_(w0)
+            return tried[k] <= limit
+
+        k, met = largest_within_budget(len(order), within)
+        bits = {n: (cfg.bits_low if i < k else cfg.bits_high) for i, n in enumerate(order)}
+        search = {"windows": len(windows), "ppl_unquantized": reference, "ppl_limit": limit, "ppl_all_high": tried[0],
+                  "met": met, "tried": {str(kk): v for kk, v in sorted(tried.items())}, "search_quantizer": "rtn (fake-quant)"}
+        return bits, k, search
 
     def _sensitivities(self, adapter, model, stats):
         cfg = self.config
