@@ -15,10 +15,11 @@
 # The Gram matrices, Fisher rows, activation scales and the ASVD sensitivity table depend only
 # on the dense model and the calibration set: they are computed once and shared by the ratios.
 # Finished runs are skipped on re-runs. Knobs (environment):
-#   SLIMBENCH  command (default: slimbench), MODEL (smollm2-135m), EVAL (ppl), RATIOS (0.1,0.2,0.4)
+#   SLIMBENCH  command (default: .venv/bin/python -m slimbench.cli), MODEL (smollm2-135m), EVAL (ppl), RATIOS (0.1,0.2,0.4)
 #   SVDLLM_CALIB / FWSVD_CALIB / ASVD_CALIB  calibration overrides, EXTRA  overrides for every run
 set -euo pipefail
-SLIMBENCH=${SLIMBENCH:-slimbench}
+cd "$(dirname "$0")/.."
+SLIMBENCH=${SLIMBENCH:-.venv/bin/python -m slimbench.cli}
 MODEL=${MODEL:-smollm2-135m}
 EVAL=${EVAL:-ppl}
 RATIOS=${RATIOS:-0.1,0.2,0.4}
@@ -36,4 +37,5 @@ run method=svd_llm method.ratio="$RATIOS" $SVDLLM_CALIB
 run method=fwsvd method.ratio="$RATIOS" $FWSVD_CALIB
 run method=asvd method.ratio="$RATIOS" $ASVD_CALIB $ASVD_SENS
 
-$SLIMBENCH leaderboard --model "$MODEL" --suite "$EVAL"
+$SLIMBENCH leaderboard --model "$MODEL" --suite "$EVAL" --methods dense,svd,fwsvd,asvd,svd_llm \
+  --markdown "results/leaderboards/lowrank-$MODEL.md"

@@ -39,4 +39,5 @@ slimbench -m "${COMMON[@]}" method=numerical_pruning,flap method.ratio=0.2,0.3 m
 # Numerical Pruning at the paper's unit ratio (20% / 30% of KV groups + MLP channels; 2 runs)
 slimbench -m "${COMMON[@]}" method=numerical_pruning method.ratio=0.2,0.3 method.ratio_of=units "$@"
 
-slimbench leaderboard --model "$MODEL" --suite ppl
+slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,numerical_pruning,flap \
+  --markdown "results/leaderboards/pruning-structured-$MODEL.md"

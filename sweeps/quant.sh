@@ -50,4 +50,5 @@ slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=smoothquant method.alp
 # mixed precision: 3/4-bit layers by Hessian-trace sensitivity, 3.5 bits on average, GPTQ
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=mixed_precision method.target_bits=3.5 "method.group_size=$G" "$@"
 
-slimbench leaderboard --model "$MODEL" --suite ppl
+slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,rtn,gptq,awq,smoothquant,mixed_precision \
+  --markdown "results/leaderboards/quant-$MODEL.md"
