@@ -306,6 +306,7 @@ class CalibrationEngine:
         blocks = self.bundle.adapter.get_blocks(self.bundle.model)
         if cache is not None and all((cache / f"block{i}.pt").is_file() for i in range(len(blocks))):
             log.info("calibration statistics %r loaded from %s", cache_key, cache)
+            self.calib.cache_reads.append(cache_key)
             return [torch.load(cache / f"block{i}.pt", weights_only=False) for i in range(len(blocks))]
         results: list[dict] = []
 
@@ -332,6 +333,7 @@ class CalibrationEngine:
         cache = self._cache_dir(cache_key)
         if cache is not None and (cache / "result.pt").is_file():
             log.info("calibration result %r loaded from %s", cache_key, cache)
+            self.calib.cache_reads.append(cache_key)
             return torch.load(cache / "result.pt", weights_only=False)
         result = compute()
         if cache is not None:

@@ -278,6 +278,9 @@ def compress(method, bundle, calib: CalibrationSet | None) -> CompressionReport:
     notes = list(result.notes)
     if result.execution_path in NO_SPEEDUP_PATHS and method.name != "dense":
         notes.append(f"execution path {result.execution_path}: no speedup expected")
+    if calib is not None and calib.cache_reads:
+        notes.append(f"calibration statistics read from the cache ({', '.join(sorted(set(calib.cache_reads)))}): "
+                     "wall time and peak RSS exclude the calibration pass that computed them")
     return CompressionReport(
         method=method.name,
         execution_path=result.execution_path,

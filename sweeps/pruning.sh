@@ -39,4 +39,5 @@ slimbench -m "${COMMON[@]}" method=magnitude,wanda,sparsegpt method.sparsity=0.5
 bash sweeps/pruning-structured.sh "$@"
 # ---------------------------------------------------------------------------------------------
 
-slimbench leaderboard --model "$MODEL" --suite ppl
+slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,magnitude,wanda,sparsegpt,numerical_pruning,flap \
+  --markdown "results/leaderboards/pruning-$MODEL.md"

@@ -141,8 +141,10 @@ def test_collect_is_cached_by_model_calibration_and_key(tiny_bundle, calib_for, 
     calib = calib_for(bundle, cache_dir=tmp_path)
     obs = lambda i, b: {"in": LinearInputs(["down"], {"sq_sum"})}  # noqa: E731
     first = CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="down-sq")
+    assert calib.cache_reads == []  # computed, not read
     monkeypatch.setattr(CalibrationEngine, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     second = CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="down-sq")
     assert torch.equal(first[1]["in"]["down"].sq_sum, second[1]["in"]["down"].sq_sum)
+    assert calib.cache_reads == ["down-sq"]  # the record says the statistics came from the cache
     with pytest.raises(AssertionError, match="recomputed"):
         CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="other-key")

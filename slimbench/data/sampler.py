@@ -42,6 +42,7 @@ class CalibrationSet:
     corpus: CorpusRef
     starts: list[int] = field(default_factory=list)
     cache_dir: Path | None = None  # where shared calibration statistics are cached
+    cache_reads: list[str] = field(default_factory=list)  # statistics served from that cache (for the record)
 
     def samples(self) -> Iterator[dict]:
         """Model inputs, one calibration window at a time."""
