@@ -281,7 +281,7 @@ def sublayer_drop(bundle, calib, cfg: DropConfig, kinds: tuple[str, ...]) -> Met
     check_count(cfg.drop_n, n_blocks * len(kinds), "+".join(kinds) + " sublayers")
 
     def score(alive, gone):
-        return sublayer_similarities(bundle, calib, kinds, set(gone), progress=False)
+        return sublayer_similarities(bundle, calib, kinds, set(gone), progress=True)
 
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {f"dropped_{k}": sorted(i for kind, i in dropped if kind == k) for k in kinds}
@@ -296,7 +296,7 @@ def block_drop(bundle, calib, cfg: DropConfig, observer=None, key: str = "block-
     check_count(cfg.drop_n, n_blocks, "blocks")
 
     def score(alive, gone):
-        return block_similarities(bundle, calib, alive, progress=False, observer=observer, key=key)
+        return block_similarities(bundle, calib, alive, progress=True, observer=observer, key=key)
 
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {"dropped_blocks": sorted(i for _, i in dropped)}

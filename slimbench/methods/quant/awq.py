@@ -132,7 +132,7 @@ class AWQ:
 
             return [Step({"rec": rec}, compress=compress)]
 
-        CalibrationEngine(bundle, calib, progress=False).run(plan, propagate_error=False, desc="awq")
+        CalibrationEngine(bundle, calib).run(plan, propagate_error=False, desc="awq")
         path, details, notes = summarize(layers)
         details["search"] = searched
         notes.append("activation statistics from the unquantized model (no error propagation), as the reference")

@@ -136,7 +136,7 @@ class GPTQ:
             return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers, losses))
                     for group in sequential_groups(adapter, list(linears), self.config.true_sequential)]
 
-        engine = CalibrationEngine(bundle, calib, progress=False)
+        engine = CalibrationEngine(bundle, calib)
         report = engine.run(plan, propagate_error=self.config.propagate_error, desc="gptq")
         path, details, notes = summarize(layers)
         details.update({"reconstruction_loss": losses, "calibration_tokens": report.samples * report.tokens_per_sample})

@@ -130,7 +130,7 @@ class MixedPrecision:
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg, adapter = self.config, bundle.adapter
-        engine = CalibrationEngine(bundle, calib, progress=False)
+        engine = CalibrationEngine(bundle, calib)
         roles = tuple(adapter.linears)
         stats = engine.collect(lambda i, b: {"x": LinearInputs([r for r in roles if r in adapter.block_linears(b)], {"sq_sum"})}, cache_key="sq_sum:" + ",".join(roles), desc="hessian trace")
         cost, sizes, traces = self._sensitivities(adapter, bundle.model, stats)

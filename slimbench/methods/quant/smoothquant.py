@@ -61,7 +61,7 @@ class SmoothQuant:
     def apply(self, bundle, calib) -> MethodResult:
         adapter, model = bundle.adapter, bundle.model
         roles = tuple(r for _, r in SMOOTHED)
-        stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
+        stats = CalibrationEngine(bundle, calib).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
         smoothing = {}
         for i, block in enumerate(adapter.get_blocks(model)):
             if self.config.smooth:
