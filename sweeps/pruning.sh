@@ -12,20 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-.venv/bin/python}    # runs this checkout's code (python -m slimbench.cli)
-MODEL=${MODEL:-smollm2-135m}
-NSAMPLES=${NSAMPLES:-128}             # calibration windows
-SEQLEN=${SEQLEN:-2048}                # calibration window length
-WINDOWS=${WINDOWS:-null}              # perplexity windows (null = the whole test split)
-EVAL_SEQLEN=${EVAL_SEQLEN:-2048}      # perplexity window length
-
-slimbench() { "$PYTHON" -m slimbench.cli "$@"; }
-
-COMMON=(
-  "model=$MODEL" eval=ppl seed=0
-  "calib.nsamples=$NSAMPLES" "calib.seqlen=$SEQLEN" calib.seed=0
-  "eval.evaluators.perplexity.seqlen=$EVAL_SEQLEN" "eval.evaluators.perplexity.max_windows=$WINDOWS"
-)
+# shellcheck source=sweeps/pruning-settings.sh
+source sweeps/pruning-settings.sh
 
 # dense baseline
 slimbench -m "${COMMON[@]}" method=dense "$@"

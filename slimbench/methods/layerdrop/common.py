@@ -140,12 +140,12 @@ def check_sublayer(adapter: Adapter, sublayer: str) -> None:
 Key = tuple[str, int]  # (kind: attn | mlp | block, original block index)
 
 
-def sublayer_similarities(bundle, calib, kinds: tuple[str, ...], dropped: set[Key], progress: bool) -> dict[Key, float]:
+def sublayer_similarities(bundle, calib, kinds: tuple[str, ...], dropped: set[Key]) -> dict[Key, float]:
     """similarity of every live ``kinds`` sublayer of the current model (blocks stay in place).
 
     Both sublayer kinds are always observed, so Attention/MLP/Joint Drop share one cached pass.
     """
-    engine = CalibrationEngine(bundle, calib, progress=progress)
+    engine = CalibrationEngine(bundle, calib)
 
     def observers(i, block):
         return {k: SublayerCosine(k) for k in SUBLAYERS if (k, i) not in dropped}
@@ -154,9 +154,9 @@ def sublayer_similarities(bundle, calib, kinds: tuple[str, ...], dropped: set[Ke
     return {(k, i): float(s[k]) for i, s in enumerate(stats) for k in kinds if k in s}
 
 
-def block_similarities(bundle, calib, alive: list[int], progress: bool, observer: Callable[[int, int], object] | None = None, key: str = "block-cosine-v1") -> dict[Key, float]:
+def block_similarities(bundle, calib, alive: list[int], observer: Callable[[int, int], object] | None = None, key: str = "block-cosine-v1") -> dict[Key, float]:
     """similarity per current block, keyed by the block's original index."""
-    engine = CalibrationEngine(bundle, calib, progress=progress)
+    engine = CalibrationEngine(bundle, calib)
     make = observer or (lambda i, n: BlockCosine())
     n = len(alive)
     stats = engine.collect(lambda i, b: {"block": make(i, n)}, cache_key=f"layerdrop-{key}:{alive}", desc="block cosine")
@@ -281,7 +281,7 @@ def sublayer_drop(bundle, calib, cfg: DropConfig, kinds: tuple[str, ...]) -> Met
     check_count(cfg.drop_n, n_blocks * len(kinds), "+".join(kinds) + " sublayers")
 
     def score(alive, gone):
-        return sublayer_similarities(bundle, calib, kinds, set(gone), progress=True)
+        return sublayer_similarities(bundle, calib, kinds, set(gone))
 
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {f"dropped_{k}": sorted(i for kind, i in dropped if kind == k) for k in kinds}
@@ -296,7 +296,7 @@ def block_drop(bundle, calib, cfg: DropConfig, observer=None, key: str = "block-
     check_count(cfg.drop_n, n_blocks, "blocks")
 
     def score(alive, gone):
-        return block_similarities(bundle, calib, alive, progress=True, observer=observer, key=key)
+        return block_similarities(bundle, calib, alive, observer=observer, key=key)
 
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {"dropped_blocks": sorted(i for _, i in dropped)}

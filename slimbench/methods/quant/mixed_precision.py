@@ -160,23 +160,21 @@ class MixedPrecision:
         windows = list(islice(calib.samples(), cfg.budget_samples))
         reference = window_perplexity(model, windows)
         limit = (1 + cfg.ppl_budget) * reference
+        originals = {name: bundle.adapter.weight_matrix(modules[name]).detach().clone() for name in order}  # restored after each try
         fake = {}  # name -> {bits: dequantized weight}, computed once per layer and width
         tried: dict[int, float] = {}
 
         def fake_weight(name, b):
             per = fake.setdefault(name, {})
             if b not in per:
-                w = bundle.adapter.weight_matrix(modules[name])
+                w = originals[name]
                 per[b] = rtn(w, b, cfg.group_size, cfg.sym).dequantize().to(w.dtype)
             return per[b]
 
         def within(k: int) -> bool:
-            originals = {}
             try:
                 for i, name in enumerate(order):
-                    w = bundle.adapter.weight_matrix(modules[name])
-                    originals[name] = w.detach().clone()
-                    w.copy_(fake_weight(name, cfg.bits_low if i < k else cfg.bits_high))
+                    bundle.adapter.weight_matrix(modules[name]).copy_(fake_weight(name, cfg.bits_low if i < k else cfg.bits_high))
                 tried[k] = window_perplexity(model, windows)
             finally:
                 for name, w0 in originals.items():
