@@ -32,7 +32,7 @@ from slimbench.models.adapters import adapter_for
 from slimbench.models.bundle import ModelSource
 from slimbench.models.loaders import LoadContext, resolve_model
 from slimbench.records import RunRecord, environment, new_attempt_id, protocol_fingerprint, stable_hash
-from slimbench.store import ResultStore
+from slimbench.store import CALIB_CACHE_NOTE, ResultStore
 from slimbench.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def compress(method, bundle, calib: CalibrationSet | None) -> CompressionReport:
     if result.execution_path in NO_SPEEDUP_PATHS and method.name != "dense":
         notes.append(f"execution path {result.execution_path}: no speedup expected")
     if calib is not None and calib.cache_reads:
-        notes.append(f"calibration statistics read from the cache ({', '.join(sorted(set(calib.cache_reads)))}): "
+        notes.append(f"{CALIB_CACHE_NOTE} ({', '.join(sorted(set(calib.cache_reads)))}): "
                      "wall time and peak RSS exclude the calibration pass that computed them")
     return CompressionReport(
         method=method.name,

@@ -106,6 +106,10 @@ def _rank(rec: dict) -> tuple:
     return (rec.get("status") == "ok", rec.get("attempt_id", ""))
 
 
+# how a record says that its method read dense calibration statistics computed by an earlier run
+CALIB_CACHE_NOTE = "calibration statistics read from the cache"
+
+
 def flatten_record(rec: dict) -> dict:
     method_cfg = rec.get("method", {}).get("config", {}) or {}
     row = {
@@ -134,6 +138,7 @@ def flatten_record(rec: dict) -> dict:
         row["calibration"] = f"{cal.get('dataset')}/{cal.get('split')} {cal.get('nsamples')}x{cal.get('seqlen')} seed {cal.get('seed')}"
     if comp.get("peak_rss_bytes") is not None:
         row["compression.peak_rss_mib"] = comp["peak_rss_bytes"] / 2**20
+    row["compression.calib_cached"] = any(n.startswith(CALIB_CACHE_NOTE) for n in comp.get("notes") or [])
     return row
 
 

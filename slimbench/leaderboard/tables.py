@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -82,6 +83,25 @@ def add_dense_relative(members: list[dict]) -> None:
         m["vs_dense.decode_speedup"] = ratio(m.get("latency.decode_tokens_per_s"), dense.get("latency.decode_tokens_per_s"))
 
 
+CACHED_MARK = "*"
+CACHED_LEGEND = ("compression time and peak RSS without the calibration pass: the run read the dense "
+                 "calibration statistics that an earlier run had computed from the cache.")
+# columns a cached calibration pass leaves out
+_CACHE_SENSITIVE = {"compression.wall_time_s", "compression.peak_rss_mib"}
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders numbers by value: drop_n=4 < drop_n=8 < drop_n=12."""
+    return [(0, float(t), "") if t[:1].isdigit() else (1, 0.0, t) for t in re.findall(r"\d+(?:\.\d+)?|\D+", text)]
+
+
+def _cell(row: dict, column: tuple[str, str, str]) -> str:
+    text = fmt(row.get(column[0]), column[2])
+    if column[0] in _CACHE_SENSITIVE and row.get("compression.calib_cached") and text != "-":
+        text += CACHED_MARK
+    return text
+
+
 def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
     """One table per (model, protocol fingerprint) group; one row per run."""
     rows = [flatten_record(r) for r in records]
@@ -96,15 +116,18 @@ def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
         cols = [c for c in HEADLINE_COLUMNS if any(m.get(c[0]) is not None for m in members)]
         headers = ["method", "config", "status", "path"] + [c[1] for c in cols] + ["run_id"]
         body = []
-        for m in sorted(members, key=lambda r: (r["method"] != "dense", r["method"], r["method_config"])):
+        for m in sorted(members, key=lambda r: (r["method"] != "dense", r["method"], _natural(r["method_config"]))):
             status = m["status"] if m["status"] == "ok" else f"failed: {m.get('error') or ''}"[:60]
             body.append(
                 [m["method"], m["method_config"], status, m.get("execution_path") or "-"]
-                + [fmt(m.get(c[0]), c[2]) for c in cols]
+                + [_cell(m, c) for c in cols]
                 + [m["run_id"][:10]]
             )
         label = f"protocol {fp}" if fp else "no protocol (runs that failed before evaluating)"
-        out.append(f"### {title_prefix}{model} · suite {suite} · {label}\n\n" + markdown_table(headers, body))
+        table = markdown_table(headers, body)
+        if any(m.get("compression.calib_cached") for m in members):
+            table += f"\n\n\\{CACHED_MARK} {CACHED_LEGEND}"
+        out.append(f"### {title_prefix}{model} · suite {suite} · {label}\n\n" + table)
     return "\n\n".join(out)
 
 
