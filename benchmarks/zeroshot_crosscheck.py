@@ -55,10 +55,17 @@ def _piqa(data_dir: Path) -> list[dict]:
     return [{**r, "label": int(y)} for r, y in zip(rows, labels)]
 
 
+def _boolq(data_dir: Path) -> list[dict]:  # SuperGLUE's rows: "title -- passage", label 1 = true
+    rows = [json.loads(x) for x in (data_dir / "boolq" / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [{"question": r["question"], "passage": r["title"] + " -- " + r["passage"], "idx": i, "label": 1 if r["answer"] else 0}
+            for i, r in enumerate(rows)]
+
+
 INDEPENDENT = {  # task -> (split lm-eval evaluates, rows)
     "arc_easy": ("test", lambda d: _arc_like(d / "ai2_arc" / "ARC-Easy" / "ARC-Easy-Test.jsonl")),
     "arc_challenge": ("test", lambda d: _arc_like(d / "ai2_arc" / "ARC-Challenge" / "ARC-Challenge-Test.jsonl")),
     "piqa": ("validation", _piqa),
+    "boolq": ("validation", _boolq),
 }
 
 
