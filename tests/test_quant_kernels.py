@@ -20,13 +20,20 @@ def _sqnr_db(ref, out):
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("k", [64, 37])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("k", [64, 37])  # K % 8 == 0 reads whole words; other K, the bit stream
 def test_pack_unpack_round_trip(bits, k):
     codes = torch.randint(0, 2**bits, (5, k))
     packed = packing.pack_bits(codes, bits)
     assert packed.dtype == torch.uint8 and packed.shape == (5, (k * bits + 7) // 8)
     assert torch.equal(packing.unpack_bits(packed, bits, k), codes.int())
+
+
+def test_3bit_stream_is_little_endian_lsb_first():
+    codes = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 0]])
+    word = sum(c << (3 * j) for j, c in enumerate(codes[0].tolist()))  # 0x1F58D1
+    assert packing.pack_bits(codes, 3).tolist() == [[word & 255, (word >> 8) & 255, word >> 16]]
+    assert packing.unpack_bits(torch.tensor([[0xD1, 0x58, 0x1F]], dtype=torch.uint8), 3, 8).tolist() == codes.tolist()
 
 
 def test_int4_nibble_order_is_low_nibble_first():

@@ -49,6 +49,11 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     if bits == 4 and k % 2 == 0:  # fast path for the common case
         p = packed.to(torch.int32)
         return torch.stack((p & 15, p >> 4), dim=-1).reshape(n, k)
+    if k % 8 == 0:  # eight codes fill exactly `bits` bytes: read each run of bytes as one word
+        words = packed.to(torch.int64).reshape(n, k // 8, bits) << (8 * torch.arange(bits, device=packed.device))
+        word = words.sum(-1, keepdim=True)  # [N, K/8, 1], at most 56 bits
+        shifts = bits * torch.arange(8, device=packed.device, dtype=torch.int64)
+        return ((word >> shifts) & ((1 << bits) - 1)).reshape(n, k).to(torch.int32)
     shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
     stream = ((packed.to(torch.int32).unsqueeze(-1) >> shifts) & 1).reshape(n, -1)[:, : k * bits]
     weights = (1 << torch.arange(bits, device=packed.device, dtype=torch.int32))
