@@ -38,10 +38,9 @@ slimbench -m "${COMMON[@]}" method=dense "$@"
 # weight-only: RTN and GPTQ at w4/w3 with groups, and w8 per output channel
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=4,3 "method.group_size=$G" "$@"
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=8 method.group_size=-1 "$@"
-slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=4 "method.group_size=$G_KERNEL" "$@"
 
 # AWQ (128 x 512 calibration windows)
-slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=4,3 "method.group_size=$G,$G_KERNEL" "$@"
+slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=4,3 "method.group_size=$G" "$@"
 slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=8 method.group_size=-1 "$@"
 
 # SmoothQuant W8A8 (int8 x int8 kernel)
@@ -49,6 +48,10 @@ slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=smoothquant method.alp
 
 # mixed precision: 3/4-bit layers by Hessian-trace sensitivity, 3.5 bits on average, GPTQ
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=mixed_precision method.target_bits=3.5 "method.group_size=$G" "$@"
+
+# the kernel-friendly w4 g64 rows (last: the table's g128 rows come first)
+slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=4 "method.group_size=$G_KERNEL" "$@"
+slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=4 "method.group_size=$G_KERNEL" "$@"
 
 slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,rtn,gptq,awq,smoothquant,mixed_precision \
   --markdown "results/leaderboards/quant-$MODEL.md"
