@@ -111,7 +111,13 @@ class Observer(Protocol):
 
 
 class LinearInputs:
-    """Input statistics of linear layers by role; roles sharing an input share one hook."""
+    """Input statistics of linear layers by role; roles sharing an input share one hook.
+
+    It needs only the inputs of its linears (``input_only``): when the block's output is not
+    wanted, the engine stops the block's forward once every hooked linear has seen its input.
+    """
+
+    input_only = True
 
     def __init__(self, roles: tuple[str, ...] | list[str], stats: tuple[str, ...] | set[str]) -> None:
         unknown = set(stats) - set(INPUT_STATS)
@@ -122,6 +128,7 @@ class LinearInputs:
 
     def attach(self, block, adapter) -> list:
         handles, linears = [], adapter.block_linears(block)
+        self.hooked: list[nn.Module] = []
         for role in self.roles:
             if role in self._by_role:
                 continue
@@ -132,6 +139,7 @@ class LinearInputs:
             for r in group:
                 self._by_role[r] = shared
             handles.append(linears[group[0]].register_forward_pre_hook(_input_hook(shared)))
+            self.hooked.append(linears[group[0]])
         return handles
 
     def result(self) -> dict[str, InputStats]:
@@ -282,8 +290,9 @@ class CalibrationEngine:
             details: dict = {}
             dense_out = None
             for step in plan(i, block):
-                out = self._forward(block, hidden, inputs.calls[i], step.observers)
-                dense_out = out if dense_out is None else dense_out
+                keep = dense_out is None and not propagate_error  # the unmodified block's output
+                out = self._forward(block, hidden, inputs.calls[i], step.observers, need_output=keep)
+                dense_out = out if keep else dense_out
                 stats = {name: obs.result() for name, obs in step.observers.items()}
                 if step.compress is not None:
                     details.update(step.compress(stats) or {})
@@ -344,14 +353,34 @@ class CalibrationEngine:
         return result
 
     # internals ---------------------------------------------------------------------------
-    def _forward(self, block: nn.Module, hidden: list[torch.Tensor], calls: list, observers: dict[str, Observer]) -> list[torch.Tensor]:
+    def _forward(self, block: nn.Module, hidden: list[torch.Tensor], calls: list, observers: dict[str, Observer], need_output: bool = True) -> list[torch.Tensor]:
+        """The block's outputs on every sample, with ``observers`` attached.
+
+        With ``need_output=False`` and only input observers, each sample's forward stops as
+        soon as every hooked linear has seen its input (the statistics are the same; GPTQ's
+        q/k/v step then skips the whole block), and the result is an empty list.
+        """
         handles = [h for obs in observers.values() for h in obs.attach(block, self.bundle.adapter)]
         io_observers = [o for o in observers.values() if hasattr(o, "on_block_io")]
+        seen: set[int] = set()
+        if not need_output and observers and all(getattr(o, "input_only", False) for o in observers.values()):
+            targets = {id(m): m for o in observers.values() for m in o.hooked}
+
+            def stop(module, args):  # registered after the statistics hooks, so it runs after them
+                seen.add(id(module))
+                if len(seen) == len(targets):
+                    raise _StopForward
+
+            handles += [m.register_forward_pre_hook(stop) for m in targets.values()]
         outputs = []
         try:
             with torch.no_grad():
                 for x, (args, kwargs) in zip(hidden, calls):
-                    out = block(_to(x, self.device), *_to(args, self.device), **_to(kwargs, self.device))
+                    seen.clear()
+                    try:
+                        out = block(_to(x, self.device), *_to(args, self.device), **_to(kwargs, self.device))
+                    except _StopForward:
+                        continue
                     out = out[0] if isinstance(out, tuple) else out
                     for obs in io_observers:
                         obs.on_block_io(x, out)

@@ -136,6 +136,35 @@ def test_compression_propagates_to_later_blocks(tiny_bundle, calib_for):
     assert not torch.allclose(stats_seen[1], dense_stats[1]["in"]["q"].gram)  # block 1 sees compressed ones
 
 
+def test_input_only_steps_stop_the_block_early(tiny_bundle, calib_for):
+    """With the output not needed, a q/k/v step never runs the MLP; statistics are unchanged."""
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    down_calls: list[int] = []
+    grams = []
+
+    def plan(i, block):
+        down = bundle.adapter.block_linears(block)["down"]
+        steps = []
+        for roles in (["q"], ["gate"], ["down"]):
+            def compress(stats, roles=roles, down=down):
+                grams.append(stats["in"][roles[0]].gram.clone())
+                down_calls.append(counter.pop(down, 0))
+            steps.append(Step({"in": LinearInputs(roles, {"gram"})}, compress))
+        return steps
+
+    counter: dict = {}
+    handles = [bundle.adapter.block_linears(b)["down"].register_forward_pre_hook(lambda m, a: counter.__setitem__(m, counter.get(m, 0) + 1))
+               for b in bundle.adapter.get_blocks(bundle.model)]
+    CalibrationEngine(bundle, calib, progress=False).run(plan, propagate_error=True)
+    for h in handles:
+        h.remove()
+    assert down_calls[:3] == [0, 0, 3]  # block 0: q step, gate step (stopped), down step (its input seen: 3 samples)
+    dense = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"in": LinearInputs(["q", "gate", "down"], {"gram"})})
+    for got, role in zip(grams[:3], ["q", "gate", "down"]):
+        torch.testing.assert_close(got, dense[0]["in"][role].gram)  # block 0 saw the dense model
+
+
 def test_collect_is_cached_by_model_calibration_and_key(tiny_bundle, calib_for, tmp_path, monkeypatch):
     bundle = tiny_bundle("tiny-llama")
     calib = calib_for(bundle, cache_dir=tmp_path)
