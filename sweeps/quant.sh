@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quantization table on SmolLM2-135M: fp32 dense; RTN, GPTQ and AWQ at w4 g128, w3 g128 and
-# w8 per-channel; SmoothQuant W8A8; one mixed-precision point at 3.5 bits (3/4-bit layers,
+# w8 per-channel (GPTQ also with act-order at w4/w3); SmoothQuant W8A8; one mixed-precision point at 3.5 bits (3/4-bit layers,
 # g128); plus the kernel-friendly w4 g64 rows (SmolLM2's hidden size 576 is not a multiple of
 # 128: g128 leaves a last partial group of 64, see METHODS.md). Full WikiText-2 test perplexity
 # at seqlen 2048 (eval=ppl: plus size and latency). Calibration on WikiText-2 validation, seed 0:
@@ -38,6 +38,9 @@ slimbench -m "${COMMON[@]}" method=dense "$@"
 # weight-only: RTN and GPTQ at w4/w3 with groups, and w8 per output channel
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=4,3 "method.group_size=$G" "$@"
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=8 method.group_size=-1 "$@"
+# GPTQ with act-order (static groups keep packed groups contiguous): on SmolLM2 the reference's
+# column-order default loses to RTN at w4 g128 (benchmarks/gptq_vs_rtn.py), act-order does not
+slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=gptq method.bits=4,3 "method.group_size=$G" method.act_order=true method.static_groups=true "$@"
 
 # AWQ (128 x 512 calibration windows)
 slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=4,3 "method.group_size=$G" "$@"
