@@ -358,7 +358,7 @@ class CalibrationEngine:
 
         With ``need_output=False`` and only input observers, each sample's forward stops as
         soon as every hooked linear has seen its input (the statistics are the same; GPTQ's
-        q/k/v step then skips the whole block), and the result is an empty list.
+        q/k/v step then skips the whole block), and a stopped sample has no output in the list.
         """
         handles = [h for obs in observers.values() for h in obs.attach(block, self.bundle.adapter)]
         io_observers = [o for o in observers.values() if hasattr(o, "on_block_io")]
