@@ -42,10 +42,9 @@ from slimbench.methods.quant.common import rtn
 from slimbench.methods.quant.gptq import GPTQ, GPTQConfig
 from slimbench.methods.quant.rtn import RTN, RTNConfig
 from slimbench.models.adapters import set_path
-from slimbench.models.loaders import LoadContext, resolve_model
 from slimbench.run import compress
 
-from quant_kernel_check import perplexity  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from quant_kernel_check import perplexity, resolve_named_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def to_fp32_simulated(model) -> int:
@@ -108,13 +107,7 @@ def main() -> None:
     parser.add_argument("--layer-errors", action="store_true", help="GPTQ vs RTN layer errors per role (GPTQ variants)")
     parser.add_argument("--skip-ppl", action="store_true", help="no perplexity (with --layer-errors: the errors only)")
     args = parser.parse_args()
-    ctx = LoadContext(cache_dir=Path("~/.cache/slimbench").expanduser())
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        model_cfg = OmegaConf.to_container(compose(config_name="config", overrides=[f"model={args.model}"]).model, resolve=True)
-    source, loader, cfg = resolve_model(model_cfg, ctx)
+    source, loader, cfg, ctx = resolve_named_model(args.model)
     ref = resolve_corpus("wikitext2", "validation", str(args.data_dir))
     b, g = args.bits, args.group_size
     methods = {
@@ -150,7 +143,7 @@ def main() -> None:
         if args.skip_ppl:
             print(f"{name:14s} compress {t:7.1f} s", flush=True)
             continue
-        losses = report.details.get("reconstruction_loss", {}) if hasattr(report, "details") else {}
+        losses = report.details.get("reconstruction_loss", {})
         ppl_installed = perplexity(bundle, args.data_dir, args.windows, 2048)
         converted = to_fp32_simulated(bundle.model)
         ppl_fp32 = perplexity(bundle, args.data_dir, args.windows, 2048) if converted else ppl_installed

@@ -32,6 +32,17 @@ def perplexity(bundle, data_dir: Path, windows: int, seqlen: int) -> float:
     return next(m.value for m in result.metrics if m.name == "perplexity")
 
 
+def resolve_named_model(name: str):
+    """(source, loader, loader config, load context) of a model config name, e.g. ``smollm2-135m``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    ctx = LoadContext(cache_dir=Path("~/.cache/slimbench").expanduser())
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        model_cfg = OmegaConf.to_container(compose(config_name="config", overrides=[f"model={name}"]).model, resolve=True)
+    return (*resolve_model(model_cfg, ctx), ctx)
+
+
 def to_simulated(model) -> None:
     for name, m in list(model.named_modules()):
         if isinstance(m, QuantLinear):
@@ -61,13 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seqlen", type=int, default=2048)
     args = parser.parse_args()
-    ctx = LoadContext(cache_dir=Path("~/.cache/slimbench").expanduser())
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        model_cfg = OmegaConf.to_container(compose(config_name="config", overrides=[f"model={args.model}"]).model, resolve=True)
-    source, loader, cfg = resolve_model(model_cfg, ctx)
+    source, loader, cfg, ctx = resolve_named_model(args.model)
     bundle = loader.load(source, cfg, ctx)
     dense_layer = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])["up"]
     x1 = torch.randn(1, dense_layer.in_features)
