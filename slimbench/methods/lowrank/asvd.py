@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
@@ -130,7 +131,7 @@ class ASVD:
         ids = calib.input_ids[: cfg.sensitivity_samples]  # [N, T]
         ids = ids[:, : cfg.sensitivity_seqlen] if cfg.sensitivity_seqlen else ids
         table: dict[str, dict[float, float]] = {}
-        for t in targets:
+        for t in tqdm(targets, desc="asvd sensitivity", unit="layer", mininterval=2.0):
             w = weight64(adapter, t.module)  # [out, in]
             block = adapter.get_blocks(model)[t.block]
             table[t.name] = {}

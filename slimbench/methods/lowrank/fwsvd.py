@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from slimbench.calibration import CalibrationEngine
 from slimbench.methods.base import METHODS, MethodResult
@@ -77,7 +78,7 @@ def fisher_rows(bundle, calib) -> dict[str, torch.Tensor]:
     sums = {t.name: torch.zeros(t.inp, dtype=torch.float64) for t in targets}
     try:
         with torch.enable_grad():
-            for sample in calib.samples():
+            for sample in tqdm(calib.samples(), total=calib.input_ids.shape[0], desc="fwsvd fisher", unit="win", mininterval=2.0):
                 ids = sample["input_ids"].to(device)  # [1, T]
                 model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
                 for t in targets:
