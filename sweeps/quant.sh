@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quantization table on SmolLM2-135M: fp32 dense; RTN, GPTQ and AWQ at w4 g128, w3 g128 and
-# w8 per-channel (GPTQ also with act-order at w4/w3); SmoothQuant W8A8; one mixed-precision point at 3.5 bits (3/4-bit layers,
+# w8 per-channel (GPTQ also with act-order at w4/w3); SmoothQuant W8A8 (and plain W8A8); one mixed-precision point at 3.5 bits (3/4-bit layers,
 # g128); plus the kernel-friendly w4 g64 rows (SmolLM2's hidden size 576 is not a multiple of
 # 128: g128 leaves a last partial group of 64, see METHODS.md). Full WikiText-2 test perplexity
 # at seqlen 2048 (eval=ppl: plus size and latency). Calibration on WikiText-2 validation, seed 0:
@@ -48,6 +48,8 @@ slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=8 
 
 # SmoothQuant W8A8 (int8 x int8 kernel)
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=smoothquant method.alpha=0.5 "$@"
+# diagnostic: plain W8A8 (the paper's baseline, no smoothing) on the same kernel
+slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=smoothquant method.alpha=0.5 method.smooth=false "$@"
 
 # mixed precision: 3/4-bit layers by Hessian-trace sensitivity, 3.5 bits on average, GPTQ
 slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=mixed_precision method.target_bits=3.5 "method.group_size=$G" "$@"

@@ -61,10 +61,12 @@ class SmoothQuant:
     def apply(self, bundle, calib) -> MethodResult:
         adapter, model = bundle.adapter, bundle.model
         roles = tuple(r for _, r in SMOOTHED)
-        stats = CalibrationEngine(bundle, calib).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
+        stats = None  # plain W8A8 (smooth=false) needs no activation statistics
+        if self.config.smooth:
+            stats = CalibrationEngine(bundle, calib).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
         smoothing = {}
         for i, block in enumerate(adapter.get_blocks(model)):
-            if self.config.smooth:
+            if stats is not None:
                 smoothing[i] = self._smooth_block(adapter, block, stats[i]["x"])
             for role, module in adapter.block_linears(block).items():
                 weight, bias = adapter.weight_matrix(module), getattr(module, "bias", None)
