@@ -247,13 +247,16 @@ def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, data_d
     from slimbench.data.sampler import CalibConfig, build_calibration_set
     from slimbench.methods.quant.smoothquant import SmoothQuant, SmoothQuantConfig
 
+    calib = None
+
     def logits_error(smooth: bool) -> float:
+        nonlocal calib
         bundle = tiny_bundle("tiny-llama")
         with torch.no_grad():
             for block in bundle.adapter.get_blocks(bundle.model):
                 for role in ("attn_in", "mlp_in"):
                     bundle.adapter.norm(block, role).weight[:4] *= 40
-        calib = build_calibration_set(CalibConfig(nsamples=4, seqlen=64, seed=0), resolve_corpus("wikitext2", "validation", data_dir), bundle.tokenizer)
+        calib = calib or build_calibration_set(CalibConfig(nsamples=4, seqlen=64, seed=0), resolve_corpus("wikitext2", "validation", data_dir), bundle.tokenizer)
         ids = calib.input_ids[:1]
         with torch.no_grad():
             reference = bundle.model(ids).logits
