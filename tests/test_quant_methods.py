@@ -243,11 +243,9 @@ def test_mixed_precision_budget_config_validation(kwargs):
 def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, data_dir):
     """SmoothQuant's claim on a tiny model with a few large activation channels (norm weights
     scaled by 40): migrating them into the weights beats plain W8A8 (smooth=false)."""
-    from slimbench.data.corpora import resolve_corpus
-    from slimbench.data.sampler import CalibConfig, build_calibration_set
     from slimbench.methods.quant.smoothquant import SmoothQuant, SmoothQuantConfig
 
-    calib = None
+    calib = None  # one calibration set for both runs (same tokenizer)
 
     def logits_error(smooth: bool) -> float:
         nonlocal calib
@@ -256,7 +254,7 @@ def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, data_d
             for block in bundle.adapter.get_blocks(bundle.model):
                 for role in ("attn_in", "mlp_in"):
                     bundle.adapter.norm(block, role).weight[:4] *= 40
-        calib = calib or build_calibration_set(CalibConfig(nsamples=4, seqlen=64, seed=0), resolve_corpus("wikitext2", "validation", data_dir), bundle.tokenizer)
+        calib = calib or _calib(bundle, data_dir)
         ids = calib.input_ids[:1]
         with torch.no_grad():
             reference = bundle.model(ids).logits

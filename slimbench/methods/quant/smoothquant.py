@@ -66,7 +66,7 @@ class SmoothQuant:
             stats = CalibrationEngine(bundle, calib).collect(lambda i, b: {"x": LinearInputs(roles, {"abs_max"})}, cache_key="smoothquant:abs_max:" + ",".join(roles), desc="smoothquant")
         smoothing = {}
         for i, block in enumerate(adapter.get_blocks(model)):
-            if stats is not None:
+            if self.config.smooth:
                 smoothing[i] = self._smooth_block(adapter, block, stats[i]["x"])
             for role, module in adapter.block_linears(block).items():
                 weight, bias = adapter.weight_matrix(module), getattr(module, "bias", None)
