@@ -13,9 +13,20 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
+
+
+def num_groups(k: int, group_size: int) -> int:
+    """Groups of ``group_size`` consecutive columns in a row of K (the last one may be partial)."""
+    return 1 if group_size <= 0 else math.ceil(k / group_size)
+
+
+def effective_group(k: int, group_size: int) -> int:
+    """The group width actually used: K for per-row grids (group_size <= 0 or >= K)."""
+    return k if group_size <= 0 or group_size >= k else group_size
 
 
 def packed_row_bytes(k: int, bits: int) -> int:

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slimbench.kernels.qlinear import effective_group, num_groups
+from slimbench.kernels.packing import effective_group, num_groups
 
 
 @triton.jit
