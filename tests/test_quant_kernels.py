@@ -5,6 +5,7 @@ import torch
 
 from slimbench.kernels import packing
 from slimbench.kernels.qlinear import QuantLinear, choose_layout, int4_cpu_kernel_group, num_groups
+from slimbench.methods.quant.common import rtn
 
 
 def _random_quant(n, k, bits, group, seed=0):
@@ -134,3 +135,17 @@ def test_non_integer_zero_points_are_rejected():
     codes, scales, zeros = _random_quant(16, 64, 3, 32)
     with pytest.raises(ValueError):
         QuantLinear.from_codes(codes, scales, zeros + 0.5, 3, 32)
+
+
+@pytest.mark.parametrize("k", [25, 40, 48])
+def test_int8_kernel_is_only_chosen_where_it_computes_correctly(k):
+    """torch's CPU int8 weight-only kernel is wrong for K % 16 != 0 (and crashes for odd K): the
+    layout pads K with zero columns, and the output matches the dequantized weight for any K."""
+    torch.manual_seed(0)
+    w = torch.randn(32, k)
+    q = rtn(w, 8, -1, sym=False)
+    layer = QuantLinear.from_codes(q.codes, q.scales, q.zeros, 8, -1)
+    assert layer.layout == "int8" and layer.qweight.shape[1] % 16 == 0 and torch.equal(layer.codes(), q.codes)
+    x = torch.randn(5, k)
+    ref = x @ layer.dequantize().t()
+    assert float((layer(x) - ref).abs().max() / ref.abs().max()) < 1e-2  # bfloat16 activations

@@ -10,7 +10,8 @@ The module holds one *layout*, chosen from what the hardware can run:
 =============  ======================  ============================================================
 layout         execution path          stored tensors and compute
 =============  ======================  ============================================================
-``int8``       ``int8-kernel``         codes−128 as int8 [N, K], bf16 scale [N], fp32 offset [N];
+``int8``       ``int8-kernel``         codes−128 as int8 [N, K↑16] (K zero-padded to a multiple of 16,
+                                       which the kernel needs), bf16 scale [N], fp32 offset [N];
                                        ``aten._weight_int8pack_mm`` (bf16 activations) plus
                                        ``rowsum(x) · s·(128 − z)`` for the zero point (exact)
 ``int4-cpu``   ``int4-kernel``         torch's packed int4 [N, K/2] and bf16 scale/zero
@@ -44,18 +45,14 @@ import torch
 from torch import nn
 
 from slimbench.kernels import packing
+from slimbench.kernels.packing import effective_group, num_groups  # noqa: F401  (re-exported)
 
 INT4_CPU_GROUPS = (256, 128, 64, 32)
+# aten._weight_int8pack_mm (CPU) returns garbage for K % 16 != 0 and segfaults for odd K (torch 2.13):
+# the int8 layout stores K padded with zero columns to a multiple of 16 (e.g. low-rank factors of odd rank)
+INT8_CPU_K_MULTIPLE = 16
 LAYOUT_PATHS = {"int8": "int8-kernel", "int4-cpu": "int4-kernel", "w8a8": "int8-kernel", "packed": "simulated"}
 KERNEL_ACT_DTYPE = torch.bfloat16  # the CPU weight-only kernels' vectorized path (fp32 is a scalar loop)
-
-
-def num_groups(k: int, group_size: int) -> int:
-    return 1 if group_size <= 0 else math.ceil(k / group_size)
-
-
-def effective_group(k: int, group_size: int) -> int:
-    return k if group_size <= 0 or group_size >= k else group_size
 
 
 def int4_cpu_kernel_group(k: int, group_size: int) -> int | None:
@@ -145,6 +142,12 @@ class QuantLinear(nn.Module):
         """The [out, in] integer codes (int32)."""
         return _CODES[self.layout](self)
 
+    def zero_count(self) -> int:
+        """Weights at their group's zero point: exact zeros of the weight ``s·(q − z)`` (pruned
+        weights quantized in a pipeline land there). The CPU kernels' bfloat16 offsets may hold
+        them as tiny non-zeros; the count is of the stored format, not of that rounding."""
+        return int((self.codes() == _ZERO_POINTS[self.layout](self)).sum())
+
     # -- portable form ---------------------------------------------------------------------------
     def export(self) -> tuple[dict, dict[str, torch.Tensor]]:
         meta = {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits, "group_size": self.group_size, "layout": self.layout, "kernel_group": self.kernel_group, "bias": self.bias is not None}
@@ -170,7 +173,10 @@ def _build_int8(codes, scales, zeros, bits, group_size):
         raise ValueError("layout int8 needs 8-bit per-row codes")
     scale = scales[:, 0].to(KERNEL_ACT_DTYPE)  # [N] the kernel's scale dtype = activation dtype
     offset = scale.float() * (128 - zeros[:, 0])  # [N] s·(128 − z): Ŵx = s·(q−128)x + rowsum(x)·offset
-    return {"qweight": (codes.to(torch.int32) - 128).to(torch.int8).contiguous(), "scale": scale, "offset": offset}, None
+    q = codes.to(torch.int32) - 128  # [N, K]
+    pad = -q.shape[1] % INT8_CPU_K_MULTIPLE
+    q = torch.nn.functional.pad(q, (0, pad))  # zero columns up to a K the kernel computes correctly
+    return {"qweight": q.to(torch.int8).contiguous(), "scale": scale, "offset": offset}, None
 
 
 def _build_int4_cpu(codes, scales, zeros, bits, group_size):
@@ -197,7 +203,10 @@ _BUILDERS = {"int8": _build_int8, "int4-cpu": _build_int4_cpu, "packed": _build_
 
 
 def _fwd_int8(m, x):
-    y = torch.ops.aten._weight_int8pack_mm(x.to(KERNEL_ACT_DTYPE).contiguous(), m.qweight, m.scale).float()
+    xk = x.to(KERNEL_ACT_DTYPE)
+    if m.qweight.shape[1] != m.in_features:  # padded K: zero activations meet the zero weight columns
+        xk = torch.nn.functional.pad(xk, (0, m.qweight.shape[1] - m.in_features))
+    y = torch.ops.aten._weight_int8pack_mm(xk.contiguous(), m.qweight, m.scale).float()
     return y + x.float().sum(-1, keepdim=True) * m.offset
 
 
@@ -229,11 +238,26 @@ def _codes_packed(m):
 
 
 _CODES = {
-    "int8": lambda m: m.qweight.to(torch.int32) + 128,
+    "int8": lambda m: m.qweight[:, : m.in_features].to(torch.int32) + 128,
     "int4-cpu": lambda m: packing.from_int4pack_cpu(m.qweight, m.out_features, m.in_features),
     "w8a8": lambda m: m.qweight.to(torch.int32),
     "packed": _codes_packed,
     "triton": _codes_packed,
+}
+
+
+def _zp_int4_cpu(m):
+    sz = m.scales_zeros.float()  # [K/kg, N, 2]: zf = s·(8 − z)
+    z = torch.round(8 - sz[..., 1] / sz[..., 0]).t()  # [N, K/kg]
+    return z.repeat_interleave(m.kernel_group, dim=1).to(torch.int32)
+
+
+_ZERO_POINTS = {
+    "int8": lambda m: torch.round(128 - m.offset / m.scale.float()).to(torch.int32)[:, None],  # offset = s·(128 − z)
+    "int4-cpu": _zp_int4_cpu,
+    "w8a8": lambda m: torch.zeros(1, 1, dtype=torch.int32),  # symmetric: code 0 is the zero
+    "packed": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
+    "triton": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
 }
 
 
@@ -252,7 +276,7 @@ def _dq_packed(m):
 
 
 _DEQUANT = {
-    "int8": lambda m: m.scale.float()[:, None] * (m.qweight.float()) + m.offset[:, None],
+    "int8": lambda m: m.scale.float()[:, None] * (m.qweight[:, : m.in_features].float()) + m.offset[:, None],
     "int4-cpu": _dq_int4_cpu,
     "w8a8": lambda m: m.qweight.float() * m.wscale[:, None],
     "packed": _dq_packed,
