@@ -4,8 +4,9 @@ Methods never walk the model. The engine
 
 1. captures the inputs of the first block and the arguments of *every* block (attention
    masks and rotary embeddings differ between Gemma-3's sliding and global layers) by
-   running the model once per calibration sample with the blocks replaced by recording
-   stubs (no block computes; the forward stops after the last stub);
+   running the model once per calibration sample with a capture hook on every block (no block
+   computes; the forward stops at the last one). Samples are whatever the model kind takes
+   (``bundle.io``: token windows, denoiser calls), so the engine is kind-neutral;
 2. for each block in order, and for each of the method's ``Step``s in that block: attaches
    the step's observers (hooks accumulating statistics on module inputs), runs the block on
    every calibration sample, detaches them, and hands the statistics to the step's
@@ -21,6 +22,11 @@ with one block's activations, not with depth.
 decide globally before changing anything: FLAP, Numerical Pruning, SVD-LLM, layer dropping).
 Those statistics depend only on (model, calibration set, observers, block) and are cached
 on disk under that key, so several methods and ratios share one calibration pass.
+
+Observers install their hooks through the model's ``HookRegistry`` (``slimbench.hooks``) inside a
+scope that removes them after each pass. ``objective`` is the one whole-model objective (the
+model kind's, e.g. the mean next-token NLL of each window) for methods that score whole-model
+quality (ASVD's sensitivity, mixed precision's budget) or need its gradients (FWSVD).
 """
 
 from __future__ import annotations
@@ -28,14 +34,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from slimbench.data.sampler import CalibrationSet
-from slimbench.models.adapters import Adapter, get_path
+from slimbench.hooks import FunctionHook, Hook, HookRegistry
+from slimbench.models.adapters import Adapter
 from slimbench.models.bundle import ModelBundle
 from slimbench.records import stable_hash
 
@@ -104,8 +111,8 @@ class InputStats:
 class Observer(Protocol):
     """Accumulates statistics while a block runs on the calibration samples."""
 
-    def attach(self, block: nn.Module, adapter: Adapter) -> list:
-        """Register hooks on ``block``; return their handles (the engine removes them)."""
+    def attach(self, block: nn.Module, adapter: Adapter, hooks: HookRegistry) -> None:
+        """Add hooks on modules of ``block`` to ``hooks`` (the engine removes them after the pass)."""
 
     def result(self) -> Any: ...
 
@@ -126,8 +133,8 @@ class LinearInputs:
         self.roles, self.stats = tuple(roles), frozenset(stats)
         self._by_role: dict[str, InputStats] = {}
 
-    def attach(self, block, adapter) -> list:
-        handles, linears = [], adapter.block_linears(block)
+    def attach(self, block, adapter, hooks: HookRegistry) -> None:
+        linears = adapter.block_linears(block)
         self.hooked: list[nn.Module] = []
         for role in self.roles:
             if role in self._by_role:
@@ -138,19 +145,18 @@ class LinearInputs:
             group = [r for r in adapter.input_group(role) if r in linears]
             for r in group:
                 self._by_role[r] = shared
-            handles.append(linears[group[0]].register_forward_pre_hook(_input_hook(shared)))
+            hooks.add(f"calibration/{id(self)}/{role}", linears[group[0]], FunctionHook(pre=_input_observer(shared)))
             self.hooked.append(linears[group[0]])
-        return handles
 
     def result(self) -> dict[str, InputStats]:
         return {r: s for r, s in self._by_role.items() if r in self.roles}
 
 
-def _input_hook(acc: InputStats):
-    def hook(module, args):
-        acc.update(args[0].detach())
+def _input_observer(acc: InputStats):
+    def observe(module, args, kwargs):
+        acc.update((args[0] if args else next(iter(kwargs.values()))).detach())
 
-    return hook
+    return observe
 
 
 class BlockCosine:
@@ -159,8 +165,8 @@ class BlockCosine:
     def __init__(self) -> None:
         self.total, self.tokens = 0.0, 0
 
-    def attach(self, block, adapter) -> list:
-        return []
+    def attach(self, block, adapter, hooks) -> None:
+        pass
 
     def on_block_io(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         cos = torch.nn.functional.cosine_similarity(inp.float(), out.float(), dim=-1)  # [B, T]
@@ -189,14 +195,14 @@ class _StopForward(Exception):
     pass
 
 
-class _Recorder(nn.Module):
-    """Stands in for a block during capture: records its call and passes the input through."""
+class _Capture(Hook):
+    """On a block during capture: records its call and passes the input through (no compute)."""
 
     def __init__(self, index: int, sink: list, last: bool) -> None:
         super().__init__()
         self.index, self.sink, self.last = index, sink, last
 
-    def forward(self, hidden, *args, **kwargs):
+    def forward(self, module, call, hidden, *args, **kwargs):
         self.sink.append((self.index, hidden, args, kwargs))
         if self.last:
             raise _StopForward
@@ -233,28 +239,23 @@ class BlockInputs:
 
 def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, device: torch.device) -> BlockInputs:
     blocks = bundle.adapter.get_blocks(bundle.model)
-    originals = list(blocks)
     sink: list = []
-    for i in range(len(blocks)):
-        blocks[i] = _Recorder(i, sink, last=i == len(blocks) - 1)
     hidden: list[torch.Tensor] = []
-    calls: list[list] = [[] for _ in originals]
+    calls: list[list] = [[] for _ in blocks]
     dedup = _Dedup()
-    try:
-        with torch.no_grad():
-            for sample in calib.samples():
-                sink.clear()
-                try:
-                    bundle.model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()})
-                except _StopForward:
-                    pass
-                for index, h, args, kwargs in sink:
-                    if index == 0:
-                        hidden.append(h.detach())
-                    calls[index].append((dedup(args), dedup(kwargs)))
-    finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
+    with bundle.hooks.scope() as hooks, torch.no_grad():
+        for i, block in enumerate(blocks):
+            hooks.add(f"calibration/capture/{i}", block, _Capture(i, sink, last=i == len(blocks) - 1))
+        for sample in calib.samples():
+            sink.clear()
+            try:
+                bundle.model(**_to(sample, device))
+            except _StopForward:
+                pass
+            for index, h, args, kwargs in sink:
+                if index == 0:
+                    hidden.append(h.detach())
+                calls[index].append((dedup(args), dedup(kwargs)))
     if any(len(c) != len(hidden) for c in calls):
         raise RuntimeError("calibration capture: not every block was reached by every sample")
     return BlockInputs(hidden=hidden, calls=calls)
@@ -352,6 +353,24 @@ class CalibrationEngine:
             tmp.replace(cache / "result.pt")
         return result
 
+    # the whole-model objective --------------------------------------------------------------
+    def objective(self, samples: Iterable[dict] | None = None, backward: Callable[[int], None] | None = None,
+                  desc: str | None = None) -> torch.Tensor:
+        """The model kind's objective of every sample (float64 [n]; LM: mean next-token NLL of
+        each window). With ``backward``, each sample's objective is back-propagated and
+        ``backward(i)`` is called while its gradients are in place (FWSVD's Fisher pass)."""
+        samples = list(self.calib.samples() if samples is None else samples)
+        out = torch.empty(len(samples), dtype=torch.float64)
+        io = self.bundle.io
+        with torch.set_grad_enabled(backward is not None):
+            for i, sample in enumerate(tqdm(samples, desc=desc, unit="sample", mininterval=2.0, disable=desc is None or not self.progress)):
+                loss = io.objective(self.bundle.model, sample)  # [B]
+                if backward is not None:
+                    loss.sum().backward()
+                    backward(i)
+                out[i] = loss.detach().double().mean().cpu()
+        return out
+
     # internals ---------------------------------------------------------------------------
     def _forward(self, block: nn.Module, hidden: list[torch.Tensor], calls: list, observers: dict[str, Observer], need_output: bool = True) -> list[torch.Tensor]:
         """The block's outputs on every sample, with ``observers`` attached.
@@ -360,34 +379,32 @@ class CalibrationEngine:
         soon as every hooked linear has seen its input (the statistics are the same; GPTQ's
         q/k/v step then skips the whole block), and a stopped sample has no output in the list.
         """
-        handles = [h for obs in observers.values() for h in obs.attach(block, self.bundle.adapter)]
         io_observers = [o for o in observers.values() if hasattr(o, "on_block_io")]
         seen: set[int] = set()
-        if not need_output and observers and all(getattr(o, "input_only", False) for o in observers.values()):
-            targets = {id(m): m for o in observers.values() for m in o.hooked}
-
-            def stop(module, args):  # registered after the statistics hooks, so it runs after them
-                seen.add(id(module))
-                if len(seen) == len(targets):
-                    raise _StopForward
-
-            handles += [m.register_forward_pre_hook(stop) for m in targets.values()]
         outputs = []
-        try:
-            with torch.no_grad():
-                for x, (args, kwargs) in zip(hidden, calls):
-                    seen.clear()
-                    try:
-                        out = block(_to(x, self.device), *_to(args, self.device), **_to(kwargs, self.device))
-                    except _StopForward:
-                        continue
-                    out = out[0] if isinstance(out, tuple) else out
-                    for obs in io_observers:
-                        obs.on_block_io(x, out)
-                    outputs.append(out)
-        finally:
-            for h in handles:
-                h.remove()
+        with self.bundle.hooks.scope() as hooks, torch.no_grad():
+            for obs in observers.values():
+                obs.attach(block, self.bundle.adapter, hooks)
+            if not need_output and observers and all(getattr(o, "input_only", False) for o in observers.values()):
+                targets = {id(m): m for o in observers.values() for m in o.hooked}
+
+                def stop(module, args, kwargs):  # added after the statistics hooks: runs after them
+                    seen.add(id(module))
+                    if len(seen) == len(targets):
+                        raise _StopForward
+
+                for key, m in targets.items():
+                    hooks.add(f"calibration/stop/{key}", m, FunctionHook(pre=stop))
+            for x, (args, kwargs) in zip(hidden, calls):
+                seen.clear()
+                try:
+                    out = block(_to(x, self.device), *_to(args, self.device), **_to(kwargs, self.device))
+                except _StopForward:
+                    continue
+                out = out[0] if isinstance(out, tuple) else out
+                for obs in io_observers:
+                    obs.on_block_io(x, out)
+                outputs.append(out)
         return outputs
 
     def _cache_dir(self, cache_key: str | None) -> Path | None:
@@ -410,8 +427,3 @@ def _to(obj, device: torch.device):
     return obj
 
 
-def block_linear(block: nn.Module, adapter: Adapter, role: str) -> nn.Module:
-    module = get_path(block, adapter.linears[role])
-    if module is None:
-        raise KeyError(f"{adapter.family} block has no linear role {role!r}")
-    return module

@@ -26,8 +26,9 @@ import uuid
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "hydra/launcher")
+GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher")
 VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
+PIPELINE_PLACEHOLDER = "stages"  # conf/method/stages.yaml: an empty node the stage presets fill
 JOURNAL_ENV = "SLIMBENCH_JOURNAL"
 INVOCATION_ENV = "SLIMBENCH_INVOCATION"
 
@@ -36,26 +37,46 @@ log = logging.getLogger("slimbench")
 
 def _options(group: str) -> list[str]:
     folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER) if folder.is_dir() else []
+
+
+def _check_choice(group: str, choice: str) -> None:
+    """An unknown config-group option gets one line with the choices and the closest one."""
+    from slimbench.errors import ConfigError
+
+    options = _options(group)
+    choice = choice.strip()
+    if choice and choice not in options and not any(ch in choice for ch in "*?()[]{}"):
+        close = difflib.get_close_matches(choice, options, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown {group.split('/')[-1]} {choice!r} (available: {', '.join(options)}){hint}")
+
+
+def pipeline_overrides(value: str, check: bool = True) -> list[str]:
+    """``pipeline=[wanda,gptq]`` -> the Hydra overrides that put each method preset at ``method.<i>``."""
+    from slimbench.errors import ConfigError
+
+    names = [n.strip() for n in value.strip().strip("[]").split(",") if n.strip()]
+    if len(names) < 2:
+        raise ConfigError(f"pipeline={value!r}: a pipeline needs at least two stages, e.g. pipeline='[wanda,gptq]' (one method: method=<name>)")
+    for name in names if check else ():
+        _check_choice("method", name)
+    return [f"method={PIPELINE_PLACEHOLDER}", *[f"+method@method.{i}={name}" for i, name in enumerate(names)]]
 
 
 def preflight(argv: list[str]) -> list[str]:
-    """Check config-group choices and rewrite validated-node overrides; raises ConfigError."""
-    from slimbench.errors import ConfigError
-
+    """Check config-group choices, expand ad-hoc pipelines and rewrite validated-node overrides;
+    raises ConfigError."""
     custom_search_path = any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in argv)
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
+        if eq and key == "pipeline" and value.strip().startswith("["):
+            out += pipeline_overrides(value, check=not custom_search_path)
+            continue
         if eq and key in GROUPS and not custom_search_path:
-            options = _options(key)
             for choice in value.split(","):
-                choice = choice.strip()
-                if choice and choice not in options and not any(ch in choice for ch in "*?()[]{}"):
-                    close = difflib.get_close_matches(choice, options, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    label = key.split("/")[-1]
-                    raise ConfigError(f"unknown {label} {choice!r} (available: {', '.join(options)}){hint}")
+                _check_choice(key, choice)
         if eq and key.startswith(VALIDATED_NODES):
             arg = "++" + arg
         out.append(arg)
@@ -96,7 +117,7 @@ def _task(cfg) -> None:
         outcome = run_experiment(cfg, lenient_method_params=multirun, invocation_id=os.environ.get(INVOCATION_ENV))
         entry.update(status=outcome.status, run_id=outcome.run_id, path=str(outcome.path or ""), reason=outcome.reason)
         if outcome.record and outcome.status == "failed":
-            entry["error"] = outcome.record.get("error", {}).get("message")
+            entry["error"] = (outcome.record.error or {}).get("message")
         if outcome.status == "skipped":
             log.info("skipped %s: %s", outcome.run_id, outcome.reason)
     except ConfigError as exc:
@@ -116,6 +137,7 @@ def _hydra_main() -> None:
 
 def _summarize(entries: list[dict], multirun: bool) -> int:
     from slimbench.leaderboard.tables import fmt, markdown_table, record_table
+    from slimbench.records import RunRecord
 
     if not entries:
         return 1
@@ -123,17 +145,17 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         entry = entries[0]
         if entry["status"] in ("invalid", "crashed"):
             return 2 if entry["status"] == "invalid" else 1
-        record = json.loads(Path(entry["path"]).read_text()) if entry.get("path") else None
+        record = RunRecord.from_dict(json.loads(Path(entry["path"]).read_text())) if entry.get("path") else None
         if record is None and entry["status"] == "skipped":
             print(f"\nskipped {entry['run_id']}: {entry.get('reason', '')}")
             return 0
-        status = record["status"]
-        head = f"{record['model']['name']} · {record['method']['name']} · run {record['run_id']} · {status}"
+        status = record.status
+        head = f"{record.model['name']} · {record.method_name} · run {record.run_id} · {status}"
         if entry["status"] == "skipped":
             head += " (from the store; force=true re-runs)"
         print(f"\n### {head}\n\n{record_table(record)}")
-        if record.get("error"):
-            print(f"\nerror ({record['error']['stage']}): {record['error']['type']}: {record['error']['message']}")
+        if record.error:
+            print(f"\nerror ({record.error['stage']}): {record.error['type']}: {record.error['message']}")
         print(f"\nrecord: {entry.get('path') or '(store)'}")
         return 0 if status == "ok" else 1
 
@@ -142,8 +164,8 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         metrics: dict = {}
         path = e.get("path")
         if path and Path(path).is_file():
-            rec = json.loads(Path(path).read_text())
-            metrics = {f"{m['evaluator']}.{m['name']}": m["value"] for m in rec.get("metrics", [])}
+            rec = RunRecord.from_dict(json.loads(Path(path).read_text()))
+            metrics = {m.key: m.value for m in rec.metrics}
         rows.append(
             [
                 str(e.get("job", "")),
@@ -177,7 +199,7 @@ def leaderboard_main(argv: list[str]) -> int:
     records = load_records(args.results_dir, model=args.model, suite=args.suite)
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
-        records = [r for r in records if r.get("method", {}).get("name") in wanted]
+        records = [r for r in records if r.method_name in wanted]
     table = leaderboard_markdown(records)
     print(table)
     if args.markdown:

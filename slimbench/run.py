@@ -1,10 +1,16 @@
-"""One run: validate -> (skip?) -> load -> calibrate -> compress -> evaluate -> record.
+"""One run: validate -> (skip?) -> load -> calibrate -> compress (each stage) -> evaluate -> record.
 
 Everything that can be checked is checked in ``plan_run`` before any weights load: the
-method and its parameters, the model's identity and its adapter, method/evaluator support
-for the model kind, the data the run will read. A ``ConfigError`` there is bad input and is
-reported in one line. Past that point every failure is recorded: the record is written in a
-``finally`` block with status ``failed``, the stage, and the error; the tracker is closed.
+method or pipeline and its parameters (and whether each stage can follow the previous ones),
+the model's identity and its adapter, method/evaluator support for the model kind, the data the
+run will read. A ``ConfigError`` there is bad input and is reported in one line. Past that point
+every failure is recorded: the record is written in a ``finally`` block with status ``failed``,
+the stage, and the error; the tracker is closed.
+
+A run applies one method or a pipeline of stages (``method.0``, ``method.1``, ... in the config:
+``slimbench pipeline='[wanda,gptq]'`` or a preset in ``conf/pipeline/``). Stages share one
+calibration set; consecutive stages that work block by block in the calibration engine run in
+one engine pass (``fuse_stages``). The record lists every stage with its own report.
 """
 
 from __future__ import annotations
@@ -22,20 +28,37 @@ import torch
 from slimbench._system import Stopwatch, measure_peak_rss
 from slimbench.configs import build_dataclass, config_to_dict, field_names, to_plain, unknown_keys
 from slimbench.data.corpora import CorpusRef, check_data_dir, resolve_corpus
-from slimbench.data.sampler import CalibConfig, CalibrationSet, build_calibration_set
+from slimbench.data.sampler import CalibConfig, CalibrationSet, TrajectoryCalibConfig, build_calibration_set, build_trajectory_set
 from slimbench.errors import ConfigError
 from slimbench.evaluation import EVALUATORS, EvalContext
-from slimbench.evaluation.size import footprint
-from slimbench.methods import METHODS, CompressionReport
-from slimbench.methods.base import NO_SPEEDUP_PATHS
+from slimbench.evaluation.size import footprint, module_params
+from slimbench.kernels.serialization import save_compressed
+from slimbench.methods import METHODS
+from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, run_sequential
 from slimbench.models.adapters import adapter_for
-from slimbench.models.bundle import ModelSource
-from slimbench.models.loaders import LoadContext, resolve_model
-from slimbench.records import RunRecord, environment, new_attempt_id, protocol_fingerprint, stable_hash
-from slimbench.store import CALIB_CACHE_NOTE, ResultStore
+from slimbench.models.bundle import ModelBundle, ModelSource
+from slimbench.models.io import MODEL_IO
+from slimbench.models.loaders import LoadContext, Loader, resolve_model
+from slimbench.records import (
+    CompressionReport, LayerReport, RunRecord, StageReport, environment, evaluator_fingerprint, new_attempt_id, stable_hash,
+)
+from slimbench.store import ResultStore
 from slimbench.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """One validated method of a run (a pipeline has several)."""
+
+    method: Method
+    params: dict  # the parameters given (validated)
+    ignored: dict  # grid parameters this method lacks (multirun only)
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
 
 @dataclass
@@ -44,28 +67,31 @@ class RunPlan:
 
     cfg: dict
     source: ModelSource
-    loader: Any
+    loader: Loader
     loader_config: Any
-    method: Any
-    method_params: dict
-    ignored_params: dict
+    stages: list[Stage]
+    fuse_stages: bool
     evaluators: list[tuple[str, Any]]
     suite: str
-    calib_config: CalibConfig | None
+    calib_config: CalibConfig | TrajectoryCalibConfig | None
     calib_ref: CorpusRef | None
     data: dict
     eval_ctx: EvalContext
     load_ctx: LoadContext
     run_id: str
-    tracker: Any = None
+    tracker: Tracker
     identity: dict = field(default_factory=dict)
+
+    @property
+    def method_name(self) -> str:
+        return "+".join(s.name for s in self.stages)
 
 
 @dataclass
 class RunOutcome:
     status: str  # ok | failed | skipped
     run_id: str
-    record: dict | None = None
+    record: RunRecord | None = None
     path: Path | None = None
     reason: str = ""
 
@@ -83,20 +109,57 @@ def _method_params(method_cls: type, params: dict, lenient: bool) -> tuple[dict,
     return {k: v for k, v in params.items() if k not in ignored}, ignored
 
 
+def stage_nodes(method_node: Any) -> list[dict]:
+    """The method node as a list of stage nodes: one method (``name: ...``) or stages keyed 0, 1, ..."""
+    node = dict(method_node or {})
+    if "name" in node or not node:
+        return [node]
+    if not all(str(k).isdigit() for k in node):
+        raise ConfigError("method: expected one method (method=<name>) or pipeline stages method.0, method.1, ... "
+                          f"(pipeline='[a,b]'); got keys {sorted(map(str, node))}")
+    keys = sorted(node, key=int)
+    if [int(k) for k in keys] != list(range(len(keys))):
+        raise ConfigError(f"pipeline stages must be numbered 0..{len(keys) - 1}, got {[int(k) for k in keys]}")
+    return [dict(node[k] or {}) for k in keys]
+
+
+def _stage(node: dict, index: int | None, lenient: bool) -> Stage:
+    name = node.pop("name", None) or "?"
+    where = f"method {name}" if index is None else f"pipeline stage {index} ({name})"
+    try:
+        cls = METHODS.get(name)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: {exc}" if index is not None else str(exc)) from None
+    accepted, ignored = _method_params(cls, node, lenient)
+    return Stage(cls(build_dataclass(cls.Config, accepted, owner=where)), accepted, ignored)
+
+
+def _calibration(cfg: dict, io, data_dir) -> tuple[CalibConfig | TrajectoryCalibConfig, CorpusRef | None, dict]:
+    """The calibration config for the model kind, its corpus (text) and its data fingerprints."""
+    node = dict(cfg.get("calib") or {})
+    if io.kind == "diffusion":
+        if node.get("dataset", "trajectory") != "trajectory":
+            raise ConfigError(f"calib.dataset {node.get('dataset')!r} is text; diffusion models calibrate on their own "
+                              "sampling trajectories (calib=dit-trajectory)")
+        return build_dataclass(TrajectoryCalibConfig, node, owner="calib"), None, {}
+    if node.get("dataset") == "trajectory":
+        raise ConfigError(f"calib.dataset 'trajectory' is for diffusion models; {io.kind} models calibrate on "
+                          "text (calib=wikitext2)")
+    config = build_dataclass(CalibConfig, node, owner="calib")
+    ref = resolve_corpus(config.dataset, config.split, data_dir)
+    return config, ref, {f"calibration:{config.dataset}/{config.split}": ref.fingerprint()}
+
+
 def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     paths = cfg.get("paths", {})
     data_dir = check_data_dir(paths.get("data_dir"))
     load_ctx = LoadContext(cache_dir=Path(str(paths.get("cache_dir", "~/.cache/slimbench"))).expanduser(), device=cfg.get("device", "cpu"))
 
-    # method (cheapest checks first: a bad method parameter fails before anything else)
-    method_node = dict(cfg.get("method") or {})
-    method_name = method_node.pop("name", None) or "?"
-    try:
-        method_cls = METHODS.get(method_name)
-    except KeyError as exc:
-        raise ConfigError(str(exc)) from None
-    accepted, ignored = _method_params(method_cls, method_node, lenient_method_params)
-    method = method_cls(build_dataclass(method_cls.Config, accepted, owner=f"method {method_name}"))
+    # method or pipeline (cheapest checks first: a bad method parameter fails before anything else)
+    nodes = stage_nodes(cfg.get("method"))
+    pipeline = len(nodes) > 1
+    stages = [_stage(node, i if pipeline else None, lenient_method_params) for i, node in enumerate(nodes)]
+    check_stage_order([type(s.method) for s in stages])
 
     # evaluators
     eval_node = dict(cfg.get("eval") or {})
@@ -114,15 +177,18 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
 
     # model identity and structure (no weights)
     source, loader, loader_config = resolve_model(dict(cfg.get("model") or {}), load_ctx)
-    if source.kind not in method_cls.kinds:
-        raise ConfigError(f"method {method_name!r} does not support {source.kind} models (supports: {', '.join(method_cls.kinds)})")
+    adapter = adapter_for(source.model_type)
+    for stage in stages:
+        if source.kind not in stage.method.kinds:
+            raise ConfigError(f"method {stage.name!r} does not support {source.kind} models (supports: {', '.join(stage.method.kinds)})")
     for ev_name, ev in evaluators:
         if source.kind not in ev.kinds:
             raise ConfigError(
                 f"evaluator {ev_name!r} does not support {source.kind} models (supports: {', '.join(ev.kinds)}); "
                 "choose another eval suite"
             )
-    method.check(adapter_for(source.model_type))
+    for stage in stages:
+        stage.method.check(adapter)
 
     # data the run will read
     threads = int(cfg.get("threads") or torch.get_num_threads())
@@ -133,15 +199,15 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     for _, ev in evaluators:
         data.update(ev.check(eval_ctx))
     calib_config = calib_ref = None
-    if method_cls.requires_calibration:
-        calib_config = build_dataclass(CalibConfig, dict(cfg.get("calib") or {}), owner="calib")
-        calib_ref = resolve_corpus(calib_config.dataset, calib_config.split, paths.get("data_dir"))
-        data[f"calibration:{calib_config.dataset}/{calib_config.split}"] = calib_ref.fingerprint()
+    if any(s.method.requires_calibration for s in stages):
+        calib_config, calib_ref, calib_data = _calibration(cfg, MODEL_IO.get(adapter.io), paths.get("data_dir"))
+        data.update(calib_data)
 
+    fuse = bool(cfg.get("fuse_stages", True))
     tracker = make_tracker(cfg.get("tracker") or {"name": "none"})
     identity = {
         "model": source.to_dict(),
-        "method": {"name": method_name, "config": config_to_dict(method.config)},
+        "method": _method_identity(stages, fuse) if pipeline else {"name": stages[0].name, "config": config_to_dict(stages[0].method.config)},
         "calibration": None if calib_config is None else config_to_dict(calib_config),
         "eval": {"suite": suite, "evaluators": {n: {"version": e.version, "config": config_to_dict(e.config)} for n, e in evaluators}},
         "data": data,
@@ -150,24 +216,15 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
         "threads": threads,
     }
     return RunPlan(
-        cfg=cfg,
-        source=source,
-        loader=loader,
-        loader_config=loader_config,
-        method=method,
-        method_params=accepted,
-        ignored_params=ignored,
-        evaluators=evaluators,
-        suite=suite,
-        calib_config=calib_config,
-        calib_ref=calib_ref,
-        data=data,
-        eval_ctx=eval_ctx,
-        load_ctx=load_ctx,
-        run_id=stable_hash(identity),
-        tracker=tracker,
-        identity=identity,
+        cfg=cfg, source=source, loader=loader, loader_config=loader_config, stages=stages, fuse_stages=fuse, evaluators=evaluators,
+        suite=suite, calib_config=calib_config, calib_ref=calib_ref, data=data, eval_ctx=eval_ctx, load_ctx=load_ctx,
+        run_id=stable_hash(identity), tracker=tracker, identity=identity,
     )
+
+
+def _method_identity(stages: list[Stage], fuse: bool) -> dict:
+    return {"name": "+".join(s.name for s in stages), "stages": [{"name": s.name, "config": config_to_dict(s.method.config)} for s in stages],
+            "fuse_stages": fuse}
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -182,6 +239,15 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def build_calibration(plan: RunPlan, bundle: ModelBundle) -> CalibrationSet:
+    if isinstance(plan.calib_config, TrajectoryCalibConfig):
+        calib = build_trajectory_set(plan.calib_config, bundle)
+    else:
+        calib = build_calibration_set(plan.calib_config, plan.calib_ref, bundle.tokenizer)
+    calib.cache_dir = plan.load_ctx.cache_dir
+    return calib
+
+
 def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: str | None = None) -> RunOutcome:
     record = RunRecord(
         run_id=plan.run_id,
@@ -190,9 +256,9 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         invocation_id=invocation_id,
         model=plan.source.to_dict(),
         method={
-            "name": plan.method.name,
-            "config": config_to_dict(plan.method.config),
-            "ignored_parameters": plan.ignored_params,
+            "name": plan.method_name,
+            "stages": [{"name": s.name, "config": config_to_dict(s.method.config), "ignored_parameters": s.ignored} for s in plan.stages],
+            **({"fuse_stages": plan.fuse_stages} if len(plan.stages) > 1 else {}),
         },
         eval={"suite": plan.suite, "evaluators": plan.identity["eval"]["evaluators"]},
         config=plan.cfg,
@@ -210,34 +276,16 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         if plan.calib_config is not None:
             stage = "calibration data"
             with watch.time("calibration_data_s"):
-                calib = build_calibration_set(plan.calib_config, plan.calib_ref, bundle.tokenizer)
-                calib.cache_dir = plan.load_ctx.cache_dir
+                calib = build_calibration(plan, bundle)
         stage = "compress"
-        record.compression = compress(plan.method, bundle, calib).to_dict()
-        watch.durations["compress_s"] = record.compression["wall_time_s"]
+        record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
+        watch.durations["compress_s"] = record.compression.wall_time_s
         if plan.cfg.get("save_dir"):
             stage = "save"
             record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
 
         stage = "evaluate"
-        protocol: dict = {"dtype": plan.source.dtype, "device": plan.eval_ctx.device, "threads": torch.get_num_threads()}
-        for name, evaluator in plan.evaluators:
-            try:
-                seed_everything(plan.eval_ctx.seed)
-                with watch.time(f"eval_{name}_s"):
-                    result = evaluator(bundle, plan.eval_ctx)
-            except Exception as exc:  # one evaluator failing must not stop the others
-                log.exception("evaluator %s failed", name)
-                record.evaluator_errors.append({"evaluator": name, **_error(exc)})
-                continue
-            for metric in result.metrics:
-                metric.evaluator = name
-                record.metrics.append(metric.to_dict())
-            protocol[name] = {"version": evaluator.version, **result.protocol}
-            if result.details:
-                record.artifacts[name] = result.details
-        record.protocol = protocol
-        record.protocol_fingerprint = protocol_fingerprint(protocol)
+        evaluate(plan, bundle, record, watch)
         if record.evaluator_errors:
             failed = ", ".join(e["evaluator"] for e in record.evaluator_errors)
             record.error = {"stage": "evaluate", "type": "EvaluatorError", "message": f"evaluator(s) failed: {failed}"}
@@ -252,40 +300,101 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
     finally:
         watch.durations["total_s"] = time.perf_counter() - started
         record.timings = {k: round(v, 3) for k, v in watch.durations.items()}
-        data = record.to_dict()
-        path = store.write(data)
+        path = store.write(record.to_dict())
         if tracker_ok:
-            _finish_tracker(tracker, data)
-    return RunOutcome(status=record.status, run_id=plan.run_id, record=data, path=path)
+            _finish_tracker(tracker, record)
+    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path)
 
 
-def _save_model(plan: RunPlan, bundle, record: RunRecord) -> Path:
+def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> None:
+    """Run every evaluator (one failing does not stop the others); metrics and per-evaluator protocols."""
+    for name, evaluator in plan.evaluators:
+        try:
+            seed_everything(plan.eval_ctx.seed)
+            bundle.hooks.reset_state()
+            with watch.time(f"eval_{name}_s"):
+                result = evaluator(bundle, plan.eval_ctx)
+        except Exception as exc:  # one evaluator failing must not stop the others
+            log.exception("evaluator %s failed", name)
+            record.evaluator_errors.append({"evaluator": name, **_error(exc)})
+            continue
+        for metric in result.metrics:
+            metric.evaluator = name
+            record.metrics.append(metric)
+        fingerprint = evaluator_fingerprint(name, evaluator.version, result.protocol)
+        record.protocols[name] = {"fingerprint": fingerprint, "version": evaluator.version, **result.protocol}
+        if result.details:
+            record.artifacts[name] = result.details
+    quality = {n: p["fingerprint"] for n, p in record.protocols.items() if not getattr(EVALUATORS.get(n), "machine_dependent", False)}
+    record.protocol_fingerprint = stable_hash(quality) if record.protocols else None
+
+
+def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> Path:
     """The compressed model as safetensors + JSON (``save_dir``/<run_id>/; see kernels.serialization)."""
-    from slimbench.kernels.serialization import save_compressed
-
     meta = {"run_id": plan.run_id, "model": plan.source.to_dict(), "method": record.method}
     return save_compressed(bundle.model, Path(plan.cfg["save_dir"]) / plan.run_id, meta=meta)
 
 
-def compress(method, bundle, calib: CalibrationSet | None) -> CompressionReport:
-    """Apply a method and report what it did, measured from the weights before and after."""
+# -- compression -------------------------------------------------------------------------------
+@dataclass
+class _Measured:
+    wall_time_s: float
+    peak_rss_bytes: int | None
+    rss_before_bytes: int | None
+    peak_rss_method: str
+
+
+def compress(methods: Method | list[Method], bundle: ModelBundle, calib: CalibrationSet | None, fuse: bool = True) -> CompressionReport:
+    """Apply the method (or the pipeline's methods, in order) and report what they did, measured from the model before and
+    after (sizes, sparsity, per-layer parameters). With ``fuse``, consecutive methods that work
+    block by block (``plan()``) and agree on error propagation run in one calibration-engine
+    pass; a method's ``plan()`` only builds closures (it reads no weights), so it may be made
+    before the stages fused with it run."""
+    methods = list(methods) if isinstance(methods, (list, tuple)) else [methods]
     before = footprint(bundle.model, bundle.adapter)
-    with measure_peak_rss() as peak:
-        start = time.perf_counter()
-        result = method.apply(bundle, calib)
-        wall = time.perf_counter() - start
+    reads_before = 0 if calib is None else len(calib.cache_reads)
+    stages: list[StageReport] = []
+    measured: list[_Measured] = []
+    pending: list[tuple[Method, Any]] = []
+
+    def flush() -> None:
+        if pending:
+            reports, m = _run_group(bundle, calib, list(pending))
+            stages.extend(reports)
+            measured.append(m)
+            pending.clear()
+
+    for method in methods:
+        plan = method.plan(bundle, calib) if fuse else None
+        if plan is not None and pending and pending[0][1].propagate_error == plan.propagate_error:
+            pending.append((method, plan))
+            continue
+        flush()
+        if plan is not None:
+            pending.append((method, plan))
+        else:
+            reports, m = _run_group(bundle, calib, [(method, None)])
+            stages.extend(reports)
+            measured.append(m)
+    flush()
+
     after = footprint(bundle.model, bundle.adapter)
-    notes = list(result.notes)
-    if result.execution_path in NO_SPEEDUP_PATHS and method.name != "dense":
-        notes.append(f"execution path {result.execution_path}: no speedup expected")
-    if calib is not None and calib.cache_reads:
-        notes.append(f"{CALIB_CACHE_NOTE} ({', '.join(sorted(set(calib.cache_reads)))}): "
+    paths = [s.execution_path for s in stages]
+    path = "+".join(dict.fromkeys(p for p in paths if p != "dense")) or "dense"
+    notes = []
+    if path != "dense" and all(p in NO_SPEEDUP_PATHS for p in paths):
+        notes.append(f"execution path {path}: no speedup expected")
+    hits = sorted(set(calib.cache_reads[reads_before:])) if calib is not None else []
+    if hits:
+        notes.append("the calibration statistics " + ", ".join(hits) + " were read from the cache: "
                      "wall time and peak RSS exclude the calibration pass that computed them")
+    peaks = [m.peak_rss_bytes for m in measured if m.peak_rss_bytes is not None]
     return CompressionReport(
-        method=method.name,
-        execution_path=result.execution_path,
-        speedup_expected=result.execution_path not in NO_SPEEDUP_PATHS,
-        simulated=result.execution_path == "simulated",
+        method="+".join(m.name for m in methods),
+        execution_path=path,
+        speedup_expected=any(p not in NO_SPEEDUP_PATHS for p in paths),
+        simulated="simulated" in paths,
+        baseline=path == "dense" and not any(s.hooks for s in stages),
         params_before=before.params,
         params_after=after.params,
         bytes_before=before.bytes,
@@ -295,14 +404,61 @@ def compress(method, bundle, calib: CalibrationSet | None) -> CompressionReport:
         bits_per_weight_before=before.bits_per_weight,
         bits_per_weight_after=after.bits_per_weight,
         sparsity=after.sparsity,
-        wall_time_s=wall,
-        peak_rss_bytes=peak.peak_rss_bytes,
-        rss_before_bytes=peak.start_rss_bytes,
-        peak_rss_method=peak.method,
+        wall_time_s=sum(m.wall_time_s for m in measured),
+        peak_rss_bytes=max(peaks) if peaks else None,
+        rss_before_bytes=measured[0].rss_before_bytes if measured else None,
+        peak_rss_method=measured[0].peak_rss_method if measured else "unavailable",
         calibration=None if calib is None else calib.fingerprint(),
-        details=result.details,
+        calibration_cache_hits=hits,
+        stages=stages,
         notes=notes,
     )
+
+
+def _run_group(bundle: ModelBundle, calib: CalibrationSet | None, group: list[tuple[Method, Any]]) -> tuple[list[StageReport], _Measured]:
+    """Run one method, or several plans fused into one engine pass; measure them together."""
+    params_before = module_params(bundle.model)
+    hooks_before = set(bundle.hooks.names())
+    with measure_peak_rss() as peak:
+        start = time.perf_counter()
+        if group[0][1] is None:
+            results = [group[0][0].apply(bundle, calib)]
+        else:
+            results = run_sequential(bundle, calib, [plan for _, plan in group])
+        wall = time.perf_counter() - start
+    hooks = [n for n in bundle.hooks.names() if n not in hooks_before]
+    names = [m.name for m, _ in group]
+    reports = []
+    for (method, _), result in zip(group, results):
+        _measure_layers(bundle.model, result.layers, params_before)
+        reports.append(StageReport(
+            method=method.name, config=config_to_dict(method.config), execution_path=result.execution_path,
+            wall_time_s=wall, peak_rss_bytes=peak.peak_rss_bytes, layers=result.layers, details=result.details,
+            notes=list(result.notes), hooks=hooks if len(group) == 1 else [], fused_with=[n for n in names if n != method.name],
+        ))
+    return reports, _Measured(wall, peak.peak_rss_bytes, peak.start_rss_bytes, peak.method)
+
+
+def _measure_layers(model: torch.nn.Module, layers: list[LayerReport], params_before: dict[str, int]) -> None:
+    """Fill each layer report's parameters before/after and its sparsity, measured."""
+    modules, params_after = dict(model.named_modules()), module_params(model)
+    for layer in layers:
+        layer.params_before = params_before.get(layer.name)
+        module = None if layer.change == "dropped" else modules.get(layer.name)
+        layer.params_after = 0 if module is None else params_after[layer.name]
+        layer.sparsity = _zero_fraction(module)
+
+
+def _zero_fraction(module: torch.nn.Module | None) -> float | None:
+    if module is None:
+        return None
+    counter = getattr(module, "zero_count", None)
+    if callable(counter):
+        return counter() / (module.in_features * module.out_features)
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return round(float((weight == 0).float().mean()), 6)
+    return None
 
 
 def _error(exc: BaseException) -> dict:
@@ -316,10 +472,10 @@ def _error(exc: BaseException) -> dict:
 def _start_tracker(tracker: Tracker, plan: RunPlan, record: RunRecord) -> bool:
     try:
         tracker.start(
-            run_name=f"{plan.source.name}/{plan.method.name}/{plan.run_id[:8]}",
+            run_name=f"{plan.source.name}/{plan.method_name}/{plan.run_id[:8]}",
             run_key=f"{plan.run_id}-{record.attempt_id[-8:]}",
             config={"run_id": plan.run_id, **plan.identity},
-            tags=[plan.source.name, plan.method.name, plan.suite],
+            tags=[plan.source.name, plan.method_name, plan.suite],
             group=record.invocation_id,
         )
         return True
@@ -328,14 +484,14 @@ def _start_tracker(tracker: Tracker, plan: RunPlan, record: RunRecord) -> bool:
         return False
 
 
-def _finish_tracker(tracker: Tracker, record: dict) -> None:
+def _finish_tracker(tracker: Tracker, record: RunRecord) -> None:
     try:
         tracker.log_record(record)
     except Exception as exc:
         log.warning("tracker failed to log the record (%s: %s)", type(exc).__name__, exc)
     finally:
         try:
-            tracker.finish(ok=record["status"] == "ok")
+            tracker.finish(ok=record.status == "ok")
         except Exception as exc:
             log.warning("tracker failed to finish (%s: %s)", type(exc).__name__, exc)
 

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from slimbench.records import RunRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +32,9 @@ class ResultStore:
         self.locks_dir = self.root / "locks"
 
     # -- writing -------------------------------------------------------------------------------
-    def path_of(self, record: dict) -> Path:
-        return self.records_dir / f"{record['run_id']}__{record['attempt_id']}.json"
+    def path_of(self, record: RunRecord | dict) -> Path:
+        run_id, attempt = (record["run_id"], record["attempt_id"]) if isinstance(record, dict) else (record.run_id, record.attempt_id)
+        return self.records_dir / f"{run_id}__{attempt}.json"
 
     def write(self, record: dict) -> Path:
         self.records_dir.mkdir(parents=True, exist_ok=True)
@@ -68,31 +71,32 @@ class ResultStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- reading -------------------------------------------------------------------------------
-    def records(self, pattern: str = "*.json") -> Iterator[dict]:
+    def records(self, pattern: str = "*.json") -> Iterator[RunRecord]:
+        """Every readable record (typed; older schema versions upgraded on read)."""
         if not self.records_dir.is_dir():
             return
         for path in sorted(self.records_dir.glob(pattern)):
             try:
-                yield json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+                yield RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError, KeyError) as exc:
                 log.warning("skipping unreadable record %s: %s", path, exc)
 
-    def attempts(self, run_id: str) -> list[dict]:
+    def attempts(self, run_id: str) -> list[RunRecord]:
         return list(self.records(f"{run_id}__*.json"))
 
-    def completed(self, run_id: str) -> dict | None:
+    def completed(self, run_id: str) -> RunRecord | None:
         """The latest successful attempt of ``run_id``, if any."""
-        ok = [r for r in self.attempts(run_id) if r.get("status") == "ok"]
-        return max(ok, key=lambda r: r["attempt_id"]) if ok else None
+        ok = [r for r in self.attempts(run_id) if r.status == "ok"]
+        return max(ok, key=lambda r: r.attempt_id) if ok else None
 
-    def latest(self) -> list[dict]:
+    def latest(self) -> list[RunRecord]:
         """One record per run_id: the latest ``ok`` attempt, else the latest attempt."""
-        best: dict[str, dict] = {}
+        best: dict[str, RunRecord] = {}
         for rec in self.records():
-            cur = best.get(rec["run_id"])
+            cur = best.get(rec.run_id)
             if cur is None or _rank(rec) > _rank(cur):
-                best[rec["run_id"]] = rec
-        return sorted(best.values(), key=lambda r: r["attempt_id"])
+                best[rec.run_id] = rec
+        return sorted(best.values(), key=lambda r: r.attempt_id)
 
     def dataframe(self, latest_only: bool = True):
         """Records flattened to a pandas DataFrame: one row per record, one column per metric."""
@@ -102,43 +106,62 @@ class ResultStore:
         return pd.DataFrame(rows)
 
 
-def _rank(rec: dict) -> tuple:
-    return (rec.get("status") == "ok", rec.get("attempt_id", ""))
+def _rank(rec: RunRecord) -> tuple:
+    return (rec.status == "ok", rec.attempt_id)
 
 
-# how a record says that its method read dense calibration statistics computed by an earlier run
-CALIB_CACHE_NOTE = "calibration statistics read from the cache"
+def method_label(rec: RunRecord) -> str:
+    """The method parameters as one readable cell: ``k=v, ...`` (pipelines: ``a(k=v) + b(k=v)``)."""
+    def params(config: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+    stages = rec.stages
+    if len(stages) == 1:
+        return params(stages[0].get("config") or {}) or "-"
+    return " + ".join(f"{s['name']}({params(s.get('config') or {})})" for s in stages) or "-"
 
 
-def flatten_record(rec: dict) -> dict:
-    method_cfg = rec.get("method", {}).get("config", {}) or {}
+def flatten_record(rec: RunRecord) -> dict:
+    """One flat row: identity, one column per metric (and its stderr), per method parameter,
+    per evaluator fingerprint, and the compression summary."""
     row = {
-        "run_id": rec["run_id"],
-        "attempt_id": rec["attempt_id"],
-        "status": rec.get("status"),
-        "model": rec.get("model", {}).get("name"),
-        "method": rec.get("method", {}).get("name"),
-        "method_config": ", ".join(f"{k}={v}" for k, v in sorted(method_cfg.items())) or "-",
-        "suite": rec.get("eval", {}).get("suite"),
-        "protocol_fingerprint": rec.get("protocol_fingerprint"),
-        "execution_path": (rec.get("compression") or {}).get("execution_path"),
-        "error": (rec.get("error") or {}).get("message"),
-        "created_at": rec.get("created_at"),
+        "run_id": rec.run_id,
+        "attempt_id": rec.attempt_id,
+        "status": rec.status,
+        "model": rec.model.get("name"),
+        "dtype": rec.model.get("dtype"),
+        "method": rec.method_name,
+        "method_config": method_label(rec),
+        "suite": rec.eval.get("suite"),
+        "protocol_fingerprint": rec.protocol_fingerprint,
+        "error": (rec.error or {}).get("message"),
+        "created_at": rec.created_at,
     }
-    for m in rec.get("metrics", []):
-        row[f"{m['evaluator']}.{m['name']}"] = m["value"]
+    stages = rec.stages
+    for i, stage in enumerate(stages):
+        prefix = "param." if len(stages) == 1 else f"param.{i}."
+        for key, value in (stage.get("config") or {}).items():
+            row[prefix + key] = value
+    for name, proto in rec.protocols.items():
+        row[f"fingerprint.{name}"] = proto.get("fingerprint")
+    for m in rec.metrics:
+        row[m.key] = m.value
+        if m.stderr is not None:
+            row[f"{m.key}.stderr"] = m.stderr
     if isinstance(row.get("size.bytes"), (int, float)):
         row["size.mb"] = row["size.bytes"] / 1e6
-    comp = rec.get("compression") or {}
-    for key in ("wall_time_s", "sparsity", "params_after", "bytes_after"):
-        if key in comp:
-            row[f"compression.{key}"] = comp[key]
-    cal = comp.get("calibration") or {}
-    if cal:
-        row["calibration"] = f"{cal.get('dataset')}/{cal.get('split')} {cal.get('nsamples')}x{cal.get('seqlen')} seed {cal.get('seed')}"
-    if comp.get("peak_rss_bytes") is not None:
-        row["compression.peak_rss_mib"] = comp["peak_rss_bytes"] / 2**20
-    row["compression.calib_cached"] = any(n.startswith(CALIB_CACHE_NOTE) for n in comp.get("notes") or [])
+    comp = rec.compression
+    if comp is not None:
+        row.update({"execution_path": comp.execution_path, "baseline": comp.baseline, "speedup_expected": comp.speedup_expected,
+                    "compression.wall_time_s": comp.wall_time_s, "compression.sparsity": comp.sparsity,
+                    "compression.params_after": comp.params_after, "compression.bytes_after": comp.bytes_after,
+                    "compression.calib_cached": bool(comp.calibration_cache_hits)})
+        if comp.peak_rss_bytes is not None:
+            row["compression.peak_rss_mib"] = comp.peak_rss_bytes / 2**20
+        cal = comp.calibration or {}
+        if cal:
+            draw = f"{cal.get('nsamples')}x{cal.get('seqlen')}" if "seqlen" in cal else f"{cal.get('nsamples')} images x {cal.get('steps')} steps"
+            row["calibration"] = f"{cal.get('dataset')}/{cal.get('split', '-')} {draw} seed {cal.get('seed')}"
     return row
 
 

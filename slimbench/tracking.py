@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from slimbench.errors import ConfigError
+from slimbench.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class Tracker(Protocol):
     def start(self, run_name: str, run_key: str, config: dict, tags: list[str], group: str | None) -> None: ...
 
-    def log_record(self, record: dict) -> None: ...
+    def log_record(self, record: RunRecord) -> None: ...
 
     def finish(self, ok: bool) -> None: ...
 
@@ -31,7 +32,7 @@ class NullTracker:
     def start(self, *args, **kwargs) -> None:
         pass
 
-    def log_record(self, record: dict) -> None:
+    def log_record(self, record: RunRecord) -> None:
         pass
 
     def finish(self, ok: bool) -> None:
@@ -74,31 +75,32 @@ class WandbTracker:
             settings=wandb.Settings(console="off", x_disable_stats=True),
         )
 
-    def log_record(self, record: dict) -> None:
+    def log_record(self, record: RunRecord) -> None:
         if self.run is None:
             return
         import wandb
 
-        summary = {f"{m['evaluator']}/{m['name']}": m["value"] for m in record.get("metrics", []) if m["value"] is not None}
-        comp = record.get("compression") or {}
-        for key, value in comp.items():
-            if isinstance(value, (int, float, str, bool)) or value is None:
-                summary[f"compression/{key}"] = value
-        summary.update(
-            {
-                "status": record["status"],
-                "run_id": record["run_id"],
-                "protocol_fingerprint": record.get("protocol_fingerprint"),
-            }
-        )
-        if record.get("error"):
-            summary["error"] = f"{record['error']['type']}: {record['error']['message']}"
+        summary: dict = {}
+        for m in record.metrics:
+            if m.value is not None:
+                summary[f"{m.evaluator}/{m.name}"] = m.value
+            if m.stderr is not None:
+                summary[f"{m.evaluator}/{m.name}_stderr"] = m.stderr
+        comp = record.compression
+        if comp is not None:
+            for key, value in vars(comp).items():
+                if isinstance(value, (int, float, str, bool)) or value is None:
+                    summary[f"compression/{key}"] = value
+        summary.update({"status": record.status, "run_id": record.run_id, "protocol_fingerprint": record.protocol_fingerprint})
+        if record.error:
+            summary["error"] = f"{record.error['type']}: {record.error['message']}"
         self.run.log({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         self.run.summary.update(summary)
-        per_layer = comp.get("details", {}).get("per_layer_sparsity")
-        if per_layer:
-            table = wandb.Table(columns=["layer", "sparsity"], data=[[k, v] for k, v in per_layer.items()])
-            self.run.log({"compression/per_layer": table})
+        layers = [(s.method, layer) for s in (comp.stages if comp else []) for layer in s.layers]
+        if layers:
+            columns = ["stage", "layer", "role", "change", "params_before", "params_after", "sparsity", "bits", "rank", "error"]
+            rows = [[stage, x.name, x.role, x.change, x.params_before, x.params_after, x.sparsity, x.bits, x.rank, x.error] for stage, x in layers]
+            self.run.log({"compression/layers": wandb.Table(columns=columns, data=rows)})
 
     def finish(self, ok: bool) -> None:
         if self.run is not None:

@@ -10,6 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+# a few KB of text written for the tests (WikiText-2 raw layout): tiny-model tests never skip
+FIXTURE_DATA_DIR = REPO / "tests" / "fixtures" / "data"
 
 
 def _data_dir() -> Path | None:
@@ -20,22 +22,30 @@ def _data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The real datasets (tests of real-data numbers); skips where there are none."""
     path = _data_dir()
     if path is None:
         pytest.skip("no data dir: set SLIMBENCH_DATA_DIR to the shared datasets (CI does)")
     return path
 
 
+@pytest.fixture(scope="session")
+def text_dir() -> Path:
+    """The test corpus under tests/fixtures/data: always there, the same everywhere."""
+    return FIXTURE_DATA_DIR
+
+
 @pytest.fixture
-def compose(tmp_path, data_dir):
-    """compose(*overrides) -> a resolved plain config writing to a temporary results dir."""
+def compose(tmp_path, text_dir, request):
+    """compose(*overrides, real_data=False) -> a resolved plain config writing to a temporary
+    results dir, reading the test corpus (or the real datasets: then it skips without them)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    def _compose(*overrides: str) -> dict:
+    def _compose(*overrides: str, real_data: bool = False) -> dict:
         base = [
-            f"paths.data_dir={data_dir}",
+            f"paths.data_dir={request.getfixturevalue('data_dir') if real_data else text_dir}",
             f"paths.results_dir={tmp_path / 'results'}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "tracker=none",

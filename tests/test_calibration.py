@@ -9,9 +9,9 @@ from slimbench.data.sampler import CalibConfig, build_calibration_set
 
 
 @pytest.fixture
-def calib_for(data_dir):
+def calib_for(text_dir):
     def make(bundle, nsamples=3, seqlen=32, cache_dir=None):
-        ref = resolve_corpus("wikitext2", "validation", data_dir)
+        ref = resolve_corpus("wikitext2", "validation", text_dir)
         calib = build_calibration_set(CalibConfig(nsamples=nsamples, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
         calib.cache_dir = cache_dir
         return calib
@@ -61,8 +61,8 @@ class _Recorder:
     def __init__(self, sink, index):
         self.sink, self.index = sink, index
 
-    def attach(self, block, adapter):
-        return []
+    def attach(self, block, adapter, hooks):
+        pass
 
     def on_block_io(self, inp, out):
         self.sink.setdefault(self.index, []).append(out.clone())
@@ -177,3 +177,36 @@ def test_collect_is_cached_by_model_calibration_and_key(tiny_bundle, calib_for, 
     assert calib.cache_reads == ["down-sq"]  # the record says the statistics came from the cache
     with pytest.raises(AssertionError, match="recomputed"):
         CalibrationEngine(bundle, calib, progress=False).collect(obs, cache_key="other-key")
+
+
+def test_observer_hooks_are_gone_after_each_pass(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-llama")
+    CalibrationEngine(bundle, calib_for(bundle), progress=False).collect(lambda i, b: {"in": LinearInputs(["q", "down"], {"sq_sum"})})
+    assert len(bundle.hooks) == 0
+    assert all("forward" not in m.__dict__ for m in bundle.model.modules())  # every wrapped forward restored
+
+
+def test_engine_objective_is_the_mean_token_nll_of_each_window(tiny_bundle, calib_for):
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    got = CalibrationEngine(bundle, calib, progress=False).objective()
+    with torch.no_grad():
+        for i, sample in enumerate(calib.samples()):
+            ids = sample["input_ids"]
+            logits = bundle.model(ids).logits[0, :-1]
+            expected = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+            assert got[i].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_diffusion_calibration_samples_follow_the_sampling_trajectory(tiny_bundle):
+    """Kind-neutral engine: a DiT's calibration samples are (x_t, t, y) denoiser calls."""
+    from slimbench.data.sampler import TrajectoryCalibConfig, build_trajectory_set
+
+    bundle = tiny_bundle("tiny-dit")
+    calib = build_trajectory_set(TrajectoryCalibConfig(nsamples=3, steps=4, seed=0), bundle)
+    assert len(calib) == 4 and set(calib.inputs[0]) == {"x", "t", "y"}
+    ts = [int(s["t"][0]) for s in calib.samples()]
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 4  # a denoising run: t decreases
+    assert not torch.equal(calib.inputs[0]["x"], calib.inputs[1]["x"])  # x_t moves along the trajectory
+    stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"in": LinearInputs(["q", "up"], {"sq_sum"})})
+    assert stats[0]["in"]["q"].tokens == 4 * 3 * 4  # steps x images x patches (8x8 image, patch 4)

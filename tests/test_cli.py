@@ -11,10 +11,10 @@ import pytest
 from slimbench.store import ResultStore
 
 
-def _run(args, tmp_path, data_dir, timeout=120):
+def _run(args, tmp_path, text_dir, timeout=120):
     env = {
         **os.environ,
-        "SLIMBENCH_DATA_DIR": str(data_dir),
+        "SLIMBENCH_DATA_DIR": str(text_dir),
         "SLIMBENCH_RESULTS_DIR": str(tmp_path / "results"),
         "SLIMBENCH_CACHE_DIR": str(tmp_path / "cache"),
     }
@@ -37,8 +37,8 @@ def _run(args, tmp_path, data_dir, timeout=120):
         (["model=hf", "model.id=nobody/no-such-model"], "slimbench: error: unknown model 'nobody/no-such-model'"),
     ],
 )
-def test_bad_input_fails_fast_in_one_line_without_a_record(tmp_path, data_dir, args, message):
-    proc, cpu_s = _run([*args, "tracker=none"], tmp_path, data_dir)
+def test_bad_input_fails_fast_in_one_line_without_a_record(tmp_path, text_dir, args, message):
+    proc, cpu_s = _run([*args, "tracker=none"], tmp_path, text_dir)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("slimbench: error:")]
     assert len(errors) == 1 and errors[0].startswith(message), proc.stderr
@@ -53,9 +53,9 @@ TINY = ["model=tiny-llama", "tracker=none", "eval.evaluators.perplexity.max_wind
 
 
 @pytest.mark.slow
-def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_path, data_dir):
+def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_path, text_dir):
     sweep = ["-m", "method=dense,magnitude", "method.sparsity=0.3,0.5", *TINY]
-    proc, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    proc, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     store = ResultStore(tmp_path / "results")
     records = list(store.records())
@@ -63,29 +63,29 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
     assert all(r["status"] == "ok" for r in records)
     assert {r["method"]["name"] for r in records} == {"dense", "magnitude"}
 
-    again, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    again, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert again.returncode == 0
     assert again.stdout.count("| skipped |") == 4
     assert len(list(store.records())) == 3
 
-    board, _ = _run(["leaderboard", "--results-dir", str(tmp_path / "results")], tmp_path, data_dir)
+    board, _ = _run(["leaderboard", "--results-dir", str(tmp_path / "results")], tmp_path, text_dir)
     assert board.returncode == 0
     rows = [line for line in board.stdout.splitlines() if line.startswith("| dense") or line.startswith("| magnitude")]
     assert len(rows) == 3 and (tmp_path / "results" / "leaderboard.csv").is_file()
 
     only, _ = _run(["leaderboard", "--results-dir", str(tmp_path / "results"), "--methods", "magnitude",
-                    "--markdown", str(tmp_path / "board.md")], tmp_path, data_dir)
+                    "--markdown", str(tmp_path / "board.md")], tmp_path, text_dir)
     assert only.returncode == 0
     written = (tmp_path / "board.md").read_text()
     assert written.count("| magnitude") == 2 and "| dense" not in written
 
 
 @pytest.mark.slow
-def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, data_dir):
+def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, text_dir):
     # job 0 is invalid (sparsity 1.5); job 1 fails while evaluating (seqlen > max positions); job 2 is fine
     sweep = ["-m", "method=magnitude", "method.sparsity=1.5,0.5",
              "eval.evaluators.perplexity.seqlen=4096,128", *[a for a in TINY if "seqlen" not in a]]
-    proc, _ = _run(sweep, tmp_path, data_dir, timeout=300)
+    proc, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert proc.returncode == 2  # an invalid job makes the sweep's exit code non-zero
     statuses = [line.split("|")[3].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "overrides" not in line]
     assert statuses == ["invalid", "invalid", "failed", "ok"], proc.stdout
@@ -93,8 +93,8 @@ def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, data_dir):
     assert sorted(r["status"] for r in records) == ["failed", "ok"]
 
 
-def test_single_run_prints_a_result_table(tmp_path, data_dir):
-    proc, _ = _run(TINY, tmp_path, data_dir)
+def test_single_run_prints_a_result_table(tmp_path, text_dir):
+    proc, _ = _run(TINY, tmp_path, text_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| perplexity.perplexity |" in proc.stdout and "record: " in proc.stdout
     path = Path(proc.stdout.split("record: ")[1].split()[0])

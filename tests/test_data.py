@@ -27,15 +27,15 @@ def test_ptb_rows_are_stripped_lines_joined_with_spaces(data_dir):
     assert corpus.text == " ".join(corpus.rows)
 
 
-def test_missing_data_dir_and_missing_split_are_clear_errors(tmp_path, data_dir):
+def test_missing_data_dir_and_missing_split_are_clear_errors(tmp_path, text_dir):
     with pytest.raises(DataUnavailableError, match="does not exist"):
         resolve_corpus("wikitext2", "test", str(tmp_path / "nope"))
     with pytest.raises(DataUnavailableError, match="no local file"):
-        resolve_corpus("wikitext2", "train", data_dir)
+        resolve_corpus("wikitext2", "train", text_dir)
     with pytest.raises(DataUnavailableError, match="expected file"):
         resolve_corpus("wikitext2", "test", str(tmp_path))
     with pytest.raises(ConfigError, match="unknown corpus 'wiki'"):
-        resolve_corpus("wiki", "test", data_dir)
+        resolve_corpus("wiki", "test", text_dir)
 
 
 def test_calibration_draw_is_the_gptq_loader_draw():
@@ -48,13 +48,14 @@ def test_calibration_draw_is_the_gptq_loader_draw():
     assert windows.shape == (5, 64)
 
 
-def test_calibration_set_is_seeded_and_fingerprinted(data_dir):
-    ref = resolve_corpus("wikitext2", "validation", data_dir)
+def test_calibration_set_is_seeded_and_fingerprinted(text_dir):
+    ref = resolve_corpus("wikitext2", "validation", text_dir)
     cfg = CalibConfig(nsamples=4, seqlen=128, seed=3)
     a = build_calibration_set(cfg, ref, byte_tokenizer())
     b = build_calibration_set(cfg, ref, byte_tokenizer())
     c = build_calibration_set(CalibConfig(nsamples=4, seqlen=128, seed=4), ref, byte_tokenizer())
-    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    assert len(a) == 4 and torch.equal(next(a.samples())["input_ids"], a.tokens[:1])  # one window per sample
     fp = a.fingerprint()
     assert fp["file_sha256"] == ref.file_sha256 and fp["nsamples"] == 4 and fp["seed"] == 3
 

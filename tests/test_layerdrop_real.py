@@ -18,7 +18,7 @@ def test_real_model_drop_keeps_cache_consistent(compose, model, name):
     import os
     from pathlib import Path
 
-    cfg = compose(f"model={model}")
+    cfg = compose(f"model={model}", real_data=True)
     cache = Path(os.environ.get("SLIMBENCH_CACHE_DIR") or Path.home() / ".cache" / "slimbench")
     ctx = LoadContext(cache_dir=cache)
     source, loader, config = resolve_model(cfg["model"], ctx)
@@ -36,4 +36,4 @@ def test_real_model_drop_keeps_cache_consistent(compose, model, name):
         uncached = bundle.model.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
     assert kv == dense_kv * (n_blocks - 4) // n_blocks  # the prompt is shorter than any sliding window
-    assert report.details["kv_cache_layers"]["after"] == n_blocks - 4
+    assert report.stages[0].details["kv_cache_layers"]["after"] == n_blocks - 4

@@ -1,16 +1,21 @@
+from dataclasses import replace
+
 from slimbench.leaderboard.tables import leaderboard_markdown
+from slimbench.records import CompressionReport, Metric, RunRecord
 
 
-def _rec(run_id, method, params, prefill_ms, tok_s, nbytes, fp="p1"):
+def _rec(run_id, method, params, prefill_ms, tok_s, nbytes, fp="p1", config=None, latency_fp="l1", **compression):
     metrics = [
-        {"evaluator": "size", "name": "params", "value": params},
-        {"evaluator": "size", "name": "bytes", "value": nbytes},
-        {"evaluator": "latency", "name": "prefill_ms", "value": prefill_ms},
-        {"evaluator": "latency", "name": "decode_tokens_per_s", "value": tok_s},
+        Metric("params", params, evaluator="size"),
+        Metric("bytes", nbytes, evaluator="size"),
+        Metric("prefill_ms", prefill_ms, evaluator="latency"),
+        Metric("decode_tokens_per_s", tok_s, evaluator="latency"),
     ]
-    return {"run_id": run_id, "attempt_id": "a", "status": "ok", "model": {"name": "m"},
-            "method": {"name": method, "config": {}}, "eval": {"suite": "ppl"},
-            "protocol_fingerprint": fp, "metrics": metrics}
+    dense = method == "dense"
+    comp = CompressionReport(method=method, execution_path="dense" if dense else "sliced-dense", baseline=dense, **compression)
+    return RunRecord(run_id=run_id, attempt_id="a", status="ok", model={"name": "m"},
+                     method={"name": method, "stages": [{"name": method, "config": config or {}}]}, eval={"suite": "ppl"},
+                     protocol_fingerprint=fp, protocols={"latency": {"fingerprint": latency_fp}}, metrics=metrics, compression=comp)
 
 
 def _row(table, method):
@@ -25,8 +30,8 @@ def _row(table, method):
 def test_rows_are_compared_with_the_dense_run_of_their_own_protocol_group():
     table = leaderboard_markdown([
         _rec("d", "dense", 1000, 200.0, 30.0, 4_000_000),
-        {**_rec("s", "flap", 800, 160.0, 36.0, 3_200_000),
-         "compression": {"calibration": {"dataset": "wikitext2", "split": "validation", "nsamples": 128, "seqlen": 2048, "seed": 0}}},
+        _rec("s", "flap", 800, 160.0, 36.0, 3_200_000,
+             calibration={"dataset": "wikitext2", "split": "validation", "nsamples": 128, "seqlen": 2048, "seed": 0}),
         _rec("o", "wanda", 500, 100.0, 60.0, 2_000_000, fp="p2"),  # other protocol: no dense to compare
     ])
     flap, dense = _row(table, "flap"), _row(table, "dense")
@@ -38,12 +43,20 @@ def test_rows_are_compared_with_the_dense_run_of_their_own_protocol_group():
     assert "prefill × dense" not in wanda and wanda["MB stored"] == "2.0"
 
 
+def test_speedups_are_only_against_a_baseline_of_the_same_latency_protocol():
+    """Perplexity tables ignore the thread count, speed ratios do not: a run timed with other
+    threads shares the table but gets no ratio against a baseline timed differently."""
+    table = leaderboard_markdown([
+        _rec("d", "dense", 1000, 200.0, 30.0, 4_000_000),
+        _rec("s", "flap", 800, 160.0, 36.0, 3_200_000, latency_fp="l-1-thread"),
+    ])
+    flap = _row(table, "flap")
+    assert flap["params removed"] == "20.0%" and flap["prefill × dense"] == "-" and flap["decode × dense"] == "-"
+
+
 def test_runs_that_read_cached_calibration_statistics_are_marked():
-    cached = {**_rec("c", "flap", 800, 160.0, 36.0, 3_200_000),
-              "compression": {"wall_time_s": 0.6, "peak_rss_bytes": 2**30,
-                              "notes": ["calibration statistics read from the cache (stats-v1): wall time ..."]}}
-    fresh = {**_rec("n", "numerical_pruning", 800, 160.0, 36.0, 3_200_000),
-             "compression": {"wall_time_s": 505.0, "peak_rss_bytes": 2**31, "notes": []}}
+    cached = _rec("c", "flap", 800, 160.0, 36.0, 3_200_000, wall_time_s=0.6, peak_rss_bytes=2**30, calibration_cache_hits=["stats-v1"])
+    fresh = _rec("n", "numerical_pruning", 800, 160.0, 36.0, 3_200_000, wall_time_s=505.0, peak_rss_bytes=2**31)
     table = leaderboard_markdown([_rec("d", "dense", 1000, 200.0, 30.0, 4_000_000), cached, fresh])
     assert _row(table, "flap")["compress s"] == "0.6*" and _row(table, "flap")["compress peak RSS MiB"] == "1024*"
     assert _row(table, "numerical_pruning")["compress s"] == "505.0"
@@ -55,7 +68,23 @@ def test_runs_that_read_cached_calibration_statistics_are_marked():
 def test_configs_sort_by_numeric_value():
     recs = [_rec("d", "dense", 1000, 200.0, 30.0, 4_000_000)]
     for n in (12, 4, 8):
-        recs.append({**_rec(f"r{n}", "block_drop", 1000 - n, 200.0, 30.0, 4_000_000),
-                     "method": {"name": "block_drop", "config": {"drop_n": n}}})
+        recs.append(_rec(f"r{n}", "block_drop", 1000 - n, 200.0, 30.0, 4_000_000, config={"drop_n": n}))
     lines = [l for l in leaderboard_markdown(recs).splitlines() if l.startswith("| block_drop")]
     assert [l.split("|")[2].strip() for l in lines] == ["drop_n=4", "drop_n=8", "drop_n=12"]
+
+
+def test_version_1_records_are_read_and_upgraded():
+    v1 = {"run_id": "x", "attempt_id": "a", "status": "ok", "model": {"name": "m"}, "schema_version": 1,
+          "method": {"name": "flap", "config": {"ratio": 0.2}, "ignored_parameters": {}}, "eval": {"suite": "ppl"},
+          "protocol": {"dtype": "float32", "device": "cpu", "threads": 2, "perplexity": {"version": "1", "seqlen": 2048},
+                       "latency": {"version": "1", "repeats": 5}},
+          "compression": {"method": "flap", "execution_path": "sliced-dense", "wall_time_s": 3.0,
+                          "notes": ["calibration statistics read from the cache (stats-v1, other): wall time ..."], "details": {"a": 1}},
+          "metrics": [{"evaluator": "perplexity", "name": "perplexity", "value": 21.5, "stderr": 0.3}]}
+    rec = RunRecord.from_dict(v1)
+    assert rec.schema_version == 2 and rec.method_name == "flap" and rec.stages[0]["config"] == {"ratio": 0.2}
+    assert rec.compression.calibration_cache_hits == ["stats-v1", "other"] and not rec.compression.baseline
+    assert rec.compression.stages[0].details == {"a": 1}
+    assert rec.protocols["perplexity"]["seqlen"] == 2048 and "threads" not in rec.protocols["perplexity"]
+    assert rec.protocols["latency"]["threads"] == 2  # only latency's protocol holds the machine settings
+    assert rec.metric("perplexity", "perplexity") == 21.5 and rec.metric_entry("perplexity", "perplexity").stderr == 0.3

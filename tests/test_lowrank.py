@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from slimbench.calibration import CalibrationEngine
+
 from slimbench.data.corpora import resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set
 from slimbench.errors import ConfigError
@@ -16,8 +18,8 @@ from slimbench.methods.lowrank.svd_llm import SVDLLM, SVDLLMConfig, whitening
 from slimbench.run import compress
 
 
-def _calib(bundle, data_dir, n=2, seqlen=32):
-    ref = resolve_corpus("wikitext2", "validation", data_dir)
+def _calib(bundle, text_dir, n=2, seqlen=32):
+    ref = resolve_corpus("wikitext2", "validation", text_dir)
     return build_calibration_set(CalibConfig(nsamples=n, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
 
 
@@ -96,19 +98,19 @@ def test_svd_parameter_counts_follow_the_formula(tiny_bundle, ratio):
     assert torch.isfinite(_logits(bundle)).all()
 
 
-def test_svd_llm_uses_dense_grams_and_finite_outputs(tiny_bundle, data_dir):
+def test_svd_llm_uses_dense_grams_and_finite_outputs(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
-    result = SVDLLM(SVDLLMConfig(ratio=0.2)).apply(bundle, _calib(bundle, data_dir))
+    result = SVDLLM(SVDLLMConfig(ratio=0.2)).apply(bundle, _calib(bundle, text_dir))
     assert result.execution_path == "low-rank" and result.details["gram_tokens"] == 2 * 32
-    assert len(result.details["ranks"]) == 14 and not result.details["dense_layers"]
+    assert len(result.layers) == 14 and not result.details["dense_layers"]
     assert torch.isfinite(_logits(bundle)).all()
 
 
-def test_svd_llm_lowers_the_layer_output_error_of_svd_on_a_real_layer(tiny_bundle, data_dir):
+def test_svd_llm_lowers_the_layer_output_error_of_svd_on_a_real_layer(tiny_bundle, text_dir):
     from slimbench.methods.lowrank.svd_llm import collect_grams
 
     bundle = tiny_bundle("tiny-llama")
-    grams = collect_grams(bundle, _calib(bundle, data_dir, n=4, seqlen=64))
+    grams = collect_grams(bundle, _calib(bundle, text_dir, n=4, seqlen=64))
     w = bundle.model.model.layers[1].mlp.down_proj.weight.detach().double()  # [64, 128]
     gram = grams[1]["down"].gram.double()
     chol, inv, _ = whitening(gram)
@@ -121,10 +123,10 @@ def test_svd_llm_lowers_the_layer_output_error_of_svd_on_a_real_layer(tiny_bundl
     assert act_err(*whitened_factors(w, k, chol, inv)) < act_err(*truncated_factors(w, k))
 
 
-def test_fwsvd_fisher_and_weighted_error(tiny_bundle, data_dir):
+def test_fwsvd_fisher_and_weighted_error(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
-    calib = _calib(bundle, data_dir)
-    fisher = fisher_rows(bundle, calib)
+    calib = _calib(bundle, text_dir)
+    fisher = fisher_rows(bundle, CalibrationEngine(bundle, calib, progress=False))
     assert all(p.grad is None for p in bundle.model.parameters())
     name = "model.layers.0.mlp.up_proj"
     f = fisher[name]
@@ -135,7 +137,7 @@ def test_fwsvd_fisher_and_weighted_error(tiny_bundle, data_dir):
     weighted = lambda l, r: torch.linalg.norm((w - l @ r) * s)  # noqa: E731
     assert weighted(*column_scaled_factors(w, k, s)) <= weighted(*truncated_factors(w, k)) + 1e-9
     result = FWSVD(FWSVDConfig(ratio=0.2)).apply(bundle, calib)
-    assert len(result.details["ranks"]) == 14 and torch.isfinite(_logits(bundle)).all()
+    assert len(result.layers) == 14 and torch.isfinite(_logits(bundle)).all()
 
 
 def test_asvd_binary_search_follows_the_reference():
@@ -150,24 +152,24 @@ def test_asvd_binary_search_follows_the_reference():
     assert keeps == {"a": 1.0, "b": 0.4}  # mid=1 -> 0.6: low=2; mid=2 -> 0.7: low=3; stop at mid=2
 
 
-def test_asvd_sensitivity_allocation_leaves_unselected_layers_dense(tiny_bundle, data_dir):
+def test_asvd_sensitivity_allocation_leaves_unselected_layers_dense(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
     cfg = ASVDConfig(ratio=0.1, candidates=(0.6, 0.8), sensitivity_samples=1, sensitivity_seqlen=16)
-    result = ASVD(cfg).apply(bundle, _calib(bundle, data_dir))
+    result = ASVD(cfg).apply(bundle, _calib(bundle, text_dir))
     det = result.details
     assert len(det["sensitivity_ppl"]) == 14 and det["dense_layers"]
     for name in det["dense_layers"]:
         assert isinstance(bundle.model.get_submodule(name), torch.nn.Linear)
         assert det["layer_keep"][name] == 1.0
-    for name, k in det["ranks"].items():
-        assert bundle.model.get_submodule(name).rank == k
+    for layer in result.layers:
+        assert bundle.model.get_submodule(layer.name).rank == layer.rank and layer.change == "factored"
     assert torch.isfinite(_logits(bundle)).all()
 
 
-def test_asvd_uniform_allocation(tiny_bundle, data_dir):
+def test_asvd_uniform_allocation(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
-    result = ASVD(ASVDConfig(ratio=0.2, allocation="uniform")).apply(bundle, _calib(bundle, data_dir))
-    assert set(result.details["layer_keep"].values()) == {0.8} and len(result.details["ranks"]) == 14
+    result = ASVD(ASVDConfig(ratio=0.2, allocation="uniform")).apply(bundle, _calib(bundle, text_dir))
+    assert set(result.details["layer_keep"].values()) == {0.8} and len(result.layers) == 14
 
 
 @pytest.mark.parametrize("cls,kwargs,match", [

@@ -8,16 +8,16 @@ from slimbench.evaluation.base import EvalContext
 from slimbench.evaluation.perplexity import Perplexity, PerplexityConfig
 
 
-def test_harness_perplexity_equals_a_plain_loop(tiny_bundle, data_dir):
+def test_harness_perplexity_equals_a_plain_loop(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
     ev = Perplexity(PerplexityConfig(seqlen=128, max_windows=3, batch_size=2))
-    ctx = EvalContext(data_dir=data_dir, device="cpu", seed=0, threads=1)
+    ctx = EvalContext(data_dir=text_dir, device="cpu", seed=0, threads=1)
     ev.check(ctx)
     result = ev(bundle, ctx)
     ppl = next(m.value for m in result.metrics if m.name == "perplexity")
 
     # independent computation: the reference loop of GPTQ's llama_eval
-    text = "\n\n".join(load_corpus(resolve_corpus("wikitext2", "test", data_dir)).rows)
+    text = "\n\n".join(load_corpus(resolve_corpus("wikitext2", "test", text_dir)).rows)
     ids = bundle.tokenizer(text, return_tensors="pt").input_ids
     nlls = []
     with torch.no_grad():

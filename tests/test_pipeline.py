@@ -14,6 +14,7 @@ from tests.conftest import TINY_EVAL
 
 
 def _metric(record, evaluator, name):
+    """A metric from a record file's JSON."""
     return next(m["value"] for m in record["metrics"] if m["evaluator"] == evaluator and m["name"] == name)
 
 
@@ -21,14 +22,16 @@ def _metric(record, evaluator, name):
 def test_causal_lm_dense_run_writes_a_complete_record(compose, model):
     cfg = compose(f"model={model}", "method=dense", *TINY_EVAL)
     outcome = run_experiment(cfg)
-    assert outcome.status == "ok", outcome.record.get("error")
+    assert outcome.status == "ok", outcome.record.error
     record = json.loads(outcome.path.read_text())
-    assert record["schema_version"] == 1 and record["run_id"] == outcome.run_id
+    assert record["schema_version"] == 2 and record["run_id"] == outcome.run_id
     assert record["model"]["name"] == model and record["method"]["name"] == "dense"
-    assert record["compression"]["execution_path"] == "dense"
+    assert record["compression"]["execution_path"] == "dense" and record["compression"]["baseline"]
     assert math.isfinite(_metric(record, "perplexity", "perplexity"))
     assert _metric(record, "latency", "decode_tokens_per_s") > 0
-    assert record["protocol"]["perplexity"]["windows"] == 2 and record["protocol"]["perplexity"]["seqlen"] == 256
+    ppl = record["protocols"]["perplexity"]
+    assert ppl["windows"] == 2 and ppl["seqlen"] == 256 and ppl["fingerprint"]
+    assert "threads" not in ppl and record["protocols"]["latency"]["threads"] >= 1  # machine settings: latency's only
     assert record["protocol_fingerprint"] and record["data"]["wikitext2/test"]["file_sha256"]
     assert record["environment"]["packages"]["torch"]
     assert set(record["timings"]) >= {"load_s", "compress_s", "total_s"}
@@ -37,10 +40,10 @@ def test_causal_lm_dense_run_writes_a_complete_record(compose, model):
 def test_diffusion_model_goes_through_the_pipeline(compose):
     cfg = compose("model=tiny-dit", "method=dense", "eval=latency", "eval.evaluators.latency.repeats=2")
     outcome = run_experiment(cfg)
-    assert outcome.status == "ok", outcome.record.get("error")
-    assert _metric(outcome.record, "latency", "step_ms") > 0
+    assert outcome.status == "ok", outcome.record.error
+    assert outcome.record.metric("latency", "step_ms") > 0
     dit = DiT(DiTConfig(**cfg["model"]["config"]))
-    assert _metric(outcome.record, "size", "params") == sum(p.numel() for p in dit.parameters())
+    assert outcome.record.metric("size", "params") == sum(p.numel() for p in dit.parameters())
 
 
 def test_unsupported_evaluator_for_kind_is_rejected_before_loading(compose):
@@ -73,10 +76,10 @@ def test_failing_evaluator_is_recorded_and_the_others_still_run(compose, monkeyp
     monkeypatch.setattr(Perplexity, "__call__", boom)
     outcome = run_experiment(compose("model=tiny-llama", *TINY_EVAL))
     record = outcome.record
-    assert outcome.status == "failed" and record["status"] == "failed"
-    assert record["evaluator_errors"][0]["evaluator"] == "perplexity"
-    assert "perplexity exploded" in record["evaluator_errors"][0]["message"]
-    assert {m["evaluator"] for m in record["metrics"]} == {"size", "latency"}
+    assert outcome.status == "failed" and record.status == "failed"
+    assert record.evaluator_errors[0]["evaluator"] == "perplexity"
+    assert "perplexity exploded" in record.evaluator_errors[0]["message"]
+    assert {m.evaluator for m in record.metrics} == {"size", "latency"}
     # a failed record does not count as done: the next run tries again
     monkeypatch.undo()
     assert run_experiment(compose("model=tiny-llama", *TINY_EVAL)).status == "ok"
@@ -88,8 +91,8 @@ def test_crash_during_compression_is_recorded_as_failed(compose, monkeypatch):
     monkeypatch.setattr(Magnitude, "apply", lambda self, bundle, calib: 1 / 0)
     outcome = run_experiment(compose("model=tiny-llama", "method=magnitude", *TINY_EVAL))
     assert outcome.status == "failed"
-    assert outcome.record["error"]["stage"] == "compress" and outcome.record["error"]["type"] == "ZeroDivisionError"
-    assert outcome.record["metrics"] == []
+    assert outcome.record.error["stage"] == "compress" and outcome.record.error["type"] == "ZeroDivisionError"
+    assert outcome.record.metrics == []
 
 
 def test_multirun_grid_parameters_are_ignored_by_methods_that_lack_them(compose):
@@ -97,7 +100,7 @@ def test_multirun_grid_parameters_are_ignored_by_methods_that_lack_them(compose)
     with pytest.raises(ConfigError, match="unknown parameter 'sparsity'"):
         run_experiment(cfg)  # a single run: an error
     outcome = run_experiment(cfg, lenient_method_params=True)  # a sweep job: ignored and recorded
-    assert outcome.status == "ok" and outcome.record["method"]["ignored_parameters"] == {"sparsity": 0.3}
+    assert outcome.status == "ok" and outcome.record.stages[0]["ignored_parameters"] == {"sparsity": 0.3}
     dense = run_experiment(compose("model=tiny-llama", "method=dense", *TINY_EVAL))
     assert dense.status == "skipped" and dense.run_id == outcome.run_id
     typo = compose("model=tiny-llama", "method=magnitude", "++method.sparsty=0.3", *TINY_EVAL)
@@ -142,7 +145,45 @@ def test_local_hf_directory_loads_through_the_hf_loader(compose, tiny_bundle, tm
     bundle.tokenizer.save_pretrained(local)
     cfg = compose("model=hf", f"model.id={local}", "model.name=my-model", *TINY_EVAL)
     outcome = run_experiment(cfg)
-    assert outcome.status == "ok", outcome.record.get("error")
-    assert outcome.record["model"]["path"] == str(local.resolve())
+    assert outcome.status == "ok", outcome.record.error
+    assert outcome.record.model["path"] == str(local.resolve())
     reference = run_experiment(compose("model=tiny-llama", *TINY_EVAL))
-    assert _metric(outcome.record, "perplexity", "perplexity") == pytest.approx(_metric(reference.record, "perplexity", "perplexity"), rel=1e-6)
+    assert outcome.record.metric("perplexity", "perplexity") == pytest.approx(reference.record.metric("perplexity", "perplexity"), rel=1e-6)
+
+
+# -- pipelines ---------------------------------------------------------------------------------------
+def test_a_two_stage_pipeline_writes_one_record_with_both_stages(compose):
+    from slimbench.cli import preflight
+
+    cfg = compose(*preflight(["pipeline=[wanda,gptq]", "method.0.pattern=2:4", "method.1.group_size=32"]),
+                  "model=tiny-llama", "calib.nsamples=4", "calib.seqlen=64", *TINY_EVAL)
+    outcome = run_experiment(cfg)
+    assert outcome.status == "ok", outcome.record.error
+    rec = outcome.record
+    assert rec.method_name == "wanda+gptq" and [s["name"] for s in rec.stages] == ["wanda", "gptq"]
+    comp = rec.compression
+    assert comp.execution_path == "masked-dense+int4-kernel" and comp.speedup_expected
+    assert [s.method for s in comp.stages] == ["wanda", "gptq"] and comp.stages[0].fused_with == ["gptq"]  # one engine pass
+    assert comp.sparsity == pytest.approx(0.5, abs=0.02)  # 2:4 zeros survive quantization (counted on the packed codes)
+    assert comp.sparsity >= 0.5
+    assert rec.metric("size", "bits_per_weight") == pytest.approx(4 + 32 / 32, abs=0.01)  # 4 bits + fp16 scale and zero per 32
+    layers = {x.name: x for x in comp.stages[1].layers}
+    assert all(x.change == "quantized" and x.sparsity >= 0.5 for x in layers.values())
+    unfused = run_experiment({**cfg, "fuse_stages": False})
+    assert unfused.run_id != outcome.run_id and unfused.record.compression.stages[0].fused_with == []
+
+
+def test_low_rank_then_quantization_quantizes_the_factors(compose):
+    from slimbench.cli import preflight
+
+    cfg = compose(*preflight(["pipeline=[svd_llm,rtn]", "method.1.bits=8", "method.1.group_size=-1"]),
+                  "model=tiny-llama", "calib.nsamples=4", "calib.seqlen=64", *TINY_EVAL)
+    outcome = run_experiment(cfg)
+    assert outcome.status == "ok", outcome.record.error
+    comp = outcome.record.compression
+    assert comp.execution_path == "low-rank+int8-kernel"
+    quantized = comp.stages[1].layers
+    assert {x.role.split(".")[-1] for x in quantized} == {"first", "second"} and all(x.bits == 8 for x in quantized)
+    assert comp.linear_params_after <= 0.8 * comp.linear_params_before  # 20% of the parameters removed ...
+    # ... and the factors stored in 8 bits: + scale/offset per row and, for rank 25, K padded to 32 (tiny shapes)
+    assert 8 < comp.bits_per_weight_after < 12

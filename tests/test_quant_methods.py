@@ -1,5 +1,7 @@
 """RTN and GPTQ numerics: the min-max grid, partial groups, GPTQ below RTN's layer error."""
 
+import math
+
 import pytest
 import torch
 
@@ -165,27 +167,31 @@ def test_budget_bisection_finds_the_last_k_within_the_budget():
     assert largest_within_budget(40, lambda k: False) == (0, False)
 
 
-def _calib(bundle, data_dir, n=4, seqlen=64):
+def _calib(bundle, text_dir, n=4, seqlen=64):
     from slimbench.data.corpora import resolve_corpus
     from slimbench.data.sampler import CalibConfig, build_calibration_set
 
-    ref = resolve_corpus("wikitext2", "validation", data_dir)
+    ref = resolve_corpus("wikitext2", "validation", text_dir)
     return build_calibration_set(CalibConfig(nsamples=n, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
 
 
-def test_mixed_precision_ppl_budget_search_invariants(tiny_bundle, data_dir):
+def test_mixed_precision_ppl_budget_search_invariants(tiny_bundle, text_dir):
     """budget=ppl (the paper's criterion): the chosen k is within (1 + budget) x the unquantized
     perplexity, k + 1 was tried and is not, and the search leaves the weights untouched."""
-    from slimbench.methods.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig, window_perplexity
+    from slimbench.calibration import CalibrationEngine
+    from slimbench.methods.quant.mixed_precision import MixedPrecision, MixedPrecisionConfig
 
     bundle = tiny_bundle("tiny-llama")
-    calib = _calib(bundle, data_dir)
+    calib = _calib(bundle, text_dir)
     cfg = MixedPrecisionConfig(budget="ppl", ppl_budget=0.01, bits_low=2, bits_high=8, target_bits=4,
                                group_size=32, quantizer="rtn", budget_samples=2)
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-    reference = window_perplexity(bundle.model, list(calib.samples())[:2])
+    with torch.no_grad():  # the perplexity protocol's formula, written out: exp(mean of window mean NLLs)
+        nll = [torch.nn.functional.cross_entropy(bundle.model(s["input_ids"]).logits[0, :-1], s["input_ids"][0, 1:]).item()
+               for s in list(calib.samples())[:2]]
+    reference = math.exp(sum(nll) / 2)
     cost = {f"model.layers.{i}.{p}": float(j + 7 * i) for i in range(2) for j, p in enumerate(bundle.adapter.linears.values())}
-    bits, k, search = MixedPrecision(cfg)._search_budget(bundle, calib, cost)
+    bits, k, search = MixedPrecision(cfg)._search_budget(bundle, CalibrationEngine(bundle, calib, progress=False), cost)
     assert all(torch.equal(v, before[n]) for n, v in bundle.model.state_dict().items())  # restored
     assert search["ppl_unquantized"] == pytest.approx(reference) and search["ppl_limit"] == pytest.approx(1.01 * reference)
     assert search["met"] == (search["tried"]["0"] <= search["ppl_limit"])
@@ -198,20 +204,24 @@ def test_mixed_precision_ppl_budget_search_invariants(tiny_bundle, data_dir):
     assert result.details["budget"] == "ppl" and set(result.details["budget_search"]) >= {"tried", "met", "ppl_limit"}
 
 
-def test_mixed_precision_ppl_budget_met_and_unmet(tiny_bundle, data_dir, monkeypatch):
+def test_mixed_precision_ppl_budget_met_and_unmet(tiny_bundle, text_dir, monkeypatch):
     """With the perplexity made a known function of the low-bit layer count, the search lands
     on the exact boundary; an unreachable budget keeps every layer high and says so."""
+    from slimbench.calibration import CalibrationEngine
     from slimbench.methods.quant import mixed_precision as mp
 
     bundle = tiny_bundle("tiny-llama")
-    calib = _calib(bundle, data_dir)
+    calib = _calib(bundle, text_dir)
     originals = {n: m.weight.detach().clone() for n, m in bundle.model.named_modules() if isinstance(m, torch.nn.Linear)}
 
-    def fake_ppl(model, windows, base=10.0, per_layer=0.1):  # +1% per linear whose weight was changed
+    def fake_ppl(model, base=10.0, per_layer=0.1):  # +1% per linear whose weight was changed
         changed = sum(not torch.equal(m.weight, originals[n]) for n, m in model.named_modules() if n in originals)
         return base + per_layer * changed
 
-    monkeypatch.setattr(mp, "window_perplexity", fake_ppl)
+    def objective_of(ppl):  # the engine's objective, made to give exp(mean) = ppl(model)
+        return lambda engine, samples=None, backward=None, desc=None: torch.tensor([math.log(ppl(engine.bundle.model))], dtype=torch.float64)
+
+    monkeypatch.setattr(CalibrationEngine, "objective", objective_of(fake_ppl))
     cfg = mp.MixedPrecisionConfig(budget="ppl", ppl_budget=0.055, bits_low=2, bits_high=8, target_bits=4,
                                   group_size=32, quantizer="rtn", budget_samples=1)
     # bits_high=8 changes every weight too (+1% each for 14 linears) -> the all-high model is already 14% off
@@ -222,14 +232,14 @@ def test_mixed_precision_ppl_budget_met_and_unmet(tiny_bundle, data_dir, monkeyp
     bundle = tiny_bundle("tiny-llama")
     originals = {n: m.weight.detach().clone() for n, m in bundle.model.named_modules() if isinstance(m, torch.nn.Linear)}
 
-    def low_count_ppl(model, windows):  # +1% per linear at 2 bits (relative error ~10%, vs ~0.1% at 8 bits)
+    def low_count_ppl(model):  # +1% per linear at 2 bits (relative error ~10%, vs ~0.1% at 8 bits)
         def rel_err(n, m):
             return float((m.weight - originals[n]).abs().mean() / originals[n].abs().mean())
 
         count = sum(rel_err(n, m) > 0.02 for n, m in model.named_modules() if n in originals)
         return 10.0 * (1 + 0.01 * count)
 
-    monkeypatch.setattr(mp, "window_perplexity", low_count_ppl)
+    monkeypatch.setattr(CalibrationEngine, "objective", objective_of(low_count_ppl))
     result = mp.MixedPrecision(cfg).apply(bundle, calib)
     assert result.details["budget_search"]["met"] and result.details["layers_low"] == 5  # 5% <= 5.5% < 6%
 @pytest.mark.parametrize("kwargs", [{"budget": "accuracy"}, {"ppl_budget": 0.0}, {"budget_samples": 0}])
@@ -240,7 +250,7 @@ def test_mixed_precision_budget_config_validation(kwargs):
         MixedPrecisionConfig(**kwargs)
 
 
-def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, data_dir):
+def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, text_dir):
     """SmoothQuant's claim on a tiny model with a few large activation channels (norm weights
     scaled by 40): migrating them into the weights beats plain W8A8 (smooth=false)."""
     from slimbench.methods.quant.smoothquant import SmoothQuant, SmoothQuantConfig
@@ -254,8 +264,8 @@ def test_smoothing_lowers_the_w8a8_error_on_outlier_channels(tiny_bundle, data_d
             for block in bundle.adapter.get_blocks(bundle.model):
                 for role in ("attn_in", "mlp_in"):
                     bundle.adapter.norm(block, role).weight[:4] *= 40
-        calib = calib or _calib(bundle, data_dir)
-        ids = calib.input_ids[:1]
+        calib = calib or _calib(bundle, text_dir)
+        ids = calib.tokens[:1]
         with torch.no_grad():
             reference = bundle.model(ids).logits
             result = SmoothQuant(SmoothQuantConfig(smooth=smooth)).apply(bundle, calib)

@@ -49,11 +49,11 @@ def test_pipeline_saves_the_compressed_model(compose, tiny_bundle, tmp_path):
 
     cfg = compose("model=tiny-llama", "method=rtn", "method.group_size=32", f"save_dir={tmp_path / 'models'}", *TINY_EVAL)
     outcome = run_experiment(cfg)
-    assert outcome.status == "ok", outcome.record.get("error")
-    saved = outcome.record["artifacts"]["saved_model"]
+    assert outcome.status == "ok", outcome.record.error
+    saved = outcome.record.artifacts["saved_model"]
     assert saved.endswith(outcome.run_id)
-    comp = outcome.record["compression"]
-    assert comp["execution_path"] == "int4-kernel" and comp["bytes_after"] < comp["bytes_before"]
+    comp = outcome.record.compression
+    assert comp.execution_path == "int4-kernel" and comp.bytes_after < comp.bytes_before
     fresh = tiny_bundle("tiny-llama")
     load_compressed(fresh.model, saved)
     assert sum(isinstance(m, QuantLinear) for m in fresh.model.modules()) == len(fresh.adapter.linear_paths(fresh.model))

@@ -80,10 +80,10 @@ def test_dead_inputs_are_zeroed_and_stay_finite():
 
 
 @pytest.fixture
-def calibrated(tiny_bundle, data_dir):
+def calibrated(tiny_bundle, text_dir):
     def make(model="tiny-llama"):
         bundle = tiny_bundle(model)
-        ref = resolve_corpus("wikitext2", "validation", data_dir)
+        ref = resolve_corpus("wikitext2", "validation", text_dir)
         return bundle, build_calibration_set(CalibConfig(nsamples=4, seqlen=48, seed=0), ref, bundle.tokenizer)
 
     return make
@@ -105,8 +105,8 @@ def test_first_block_matches_a_direct_computation_on_captured_inputs(calibrated)
     expected = _prune(torch.cat(xs), q.weight.detach().clone())
     result = SparseGPT(SparseGPTConfig()).apply(bundle, calib)
     torch.testing.assert_close(q.weight.detach(), expected, rtol=1e-4, atol=1e-5)
-    layer = result.details["per_layer"]["model.layers.0.self_attn.q_proj"]
-    assert layer["dead_inputs"] == 0 and layer["obs_error"] > 0
+    layer = next(x for x in result.layers if x.name == "model.layers.0.self_attn.q_proj")
+    assert layer.extra["dead_inputs"] == 0 and layer.error > 0 and layer.error_kind == "obs error"
 
 
 @pytest.mark.parametrize("true_sequential", [False, True])

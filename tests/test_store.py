@@ -5,7 +5,8 @@ from slimbench.store import ResultStore
 
 
 def _record(run_id, attempt, status="ok", **extra):
-    return {"run_id": run_id, "attempt_id": attempt, "status": status, "model": {"name": "m"}, "method": {"name": "x"}, **extra}
+    return {"run_id": run_id, "attempt_id": attempt, "status": status, "schema_version": 2, "model": {"name": "m"},
+            "method": {"name": "x", "stages": [{"name": "x", "config": {}}]}, **extra}
 
 
 def _writer(root, worker):
@@ -32,11 +33,11 @@ def test_a_failed_rerun_never_hides_the_successful_record(tmp_path):
     store = ResultStore(tmp_path)
     store.write(_record("r1", "20260101T000000-aaaa", "ok"))
     store.write(_record("r1", "20260102T000000-bbbb", "failed"))
-    assert store.completed("r1")["attempt_id"] == "20260101T000000-aaaa"
-    assert [r["status"] for r in store.latest()] == ["ok"]
+    assert store.completed("r1").attempt_id == "20260101T000000-aaaa"
+    assert [r.status for r in store.latest()] == ["ok"]
     store.write(_record("r2", "20260103T000000-cccc", "failed"))
     assert store.completed("r2") is None
-    assert {r["run_id"]: r["status"] for r in store.latest()} == {"r1": "ok", "r2": "failed"}
+    assert {r.run_id: r.status for r in store.latest()} == {"r1": "ok", "r2": "failed"}
 
 
 def test_lock_is_exclusive_across_processes(tmp_path):
@@ -62,4 +63,4 @@ def test_unreadable_record_is_skipped(tmp_path):
     store = ResultStore(tmp_path)
     store.write(_record("r1", "a1"))
     (store.records_dir / "broken__x.json").write_text("{not json")
-    assert [r["run_id"] for r in store.records()] == ["r1"]
+    assert [r.run_id for r in store.records()] == ["r1"]

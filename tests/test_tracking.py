@@ -43,7 +43,7 @@ def test_wandb_offline_run_files_hold_the_metrics(compose, tmp_path, monkeypatch
         if exit_codes or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    ppl = next(m["value"] for m in outcome.record["metrics"] if m["name"] == "perplexity")
+    ppl = outcome.record.metric("perplexity", "perplexity")
     assert items["perplexity/perplexity"] == pytest.approx(ppl)
     assert items["run_id"] == outcome.run_id and items["status"] == outcome.status
     assert exit_codes == [1 if fail else 0]

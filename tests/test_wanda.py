@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from slimbench.run import compress
+
 from slimbench.data.corpora import resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set
 from slimbench.errors import ConfigError
@@ -10,10 +12,10 @@ from slimbench.methods.pruning.wanda import Wanda, WandaConfig, variant_mask
 
 
 @pytest.fixture
-def calibrated(tiny_bundle, data_dir):
+def calibrated(tiny_bundle, text_dir):
     def make(model="tiny-llama", nsamples=4, seqlen=48):
         bundle = tiny_bundle(model)
-        ref = resolve_corpus("wikitext2", "validation", data_dir)
+        ref = resolve_corpus("wikitext2", "validation", text_dir)
         return bundle, build_calibration_set(CalibConfig(nsamples=nsamples, seqlen=seqlen, seed=0), ref, bundle.tokenizer)
 
     return make
@@ -87,11 +89,13 @@ def _mask_from_dense_inputs(bundle, calib):
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.75])
 def test_wanda_unstructured_sparsity_is_exact_per_row(calibrated, sparsity):
     bundle, calib = calibrated()
-    result = Wanda(WandaConfig(sparsity=sparsity)).apply(bundle, calib)
+    report = compress(Wanda(WandaConfig(sparsity=sparsity)), bundle, calib)
+    layers = {layer.name: layer for layer in report.stages[0].layers}
     for name, w in _weights(bundle).items():
         assert ((w == 0).sum(1) == int(w.shape[1] * sparsity)).all(), name
-        assert result.details["per_layer"][name]["sparsity"] == pytest.approx(int(w.shape[1] * sparsity) / w.shape[1])
-    assert result.execution_path == "masked-dense"
+        assert layers[name].sparsity == pytest.approx(int(w.shape[1] * sparsity) / w.shape[1])  # the report's, measured
+        assert layers[name].change == "pruned" and layers[name].params_after == layers[name].params_before
+    assert report.execution_path == "masked-dense"
 
 
 @pytest.mark.parametrize("pattern,n,m", [("2:4", 2, 4), ("4:8", 4, 8)])

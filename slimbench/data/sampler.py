@@ -1,4 +1,6 @@
-"""Seeded calibration windows: the GPTQ/Wanda loader's draw on a joined token stream.
+"""Calibration sets: seeded token windows for language models, sampling trajectories for DiTs.
+
+Language models: the GPTQ/Wanda loader's draw on a joined token stream.
 
 ``random.seed(seed)`` then, per sample, ``i = random.randint(0, n_tokens - seqlen - 1)`` and the
 window ``ids[i : i + seqlen]``. A private ``random.Random(seed)`` gives the same sequence as the
@@ -33,31 +35,48 @@ class CalibConfig:
             raise ConfigError(f"calib.seqlen must be >= 2, got {self.seqlen}")
 
 
+@dataclass(frozen=True)
+class TrajectoryCalibConfig:
+    """Calibration of a diffusion model: the denoiser inputs along ``steps`` DDIM steps of
+    ``nsamples`` images (seeded noise and classes)."""
+
+    dataset: str = "trajectory"
+    nsamples: int = 16
+    steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset != "trajectory":
+            raise ConfigError(f"calib.dataset must be 'trajectory' for diffusion models, got {self.dataset!r}")
+        if self.nsamples < 1:
+            raise ConfigError(f"calib.nsamples must be >= 1, got {self.nsamples}")
+        if self.steps < 1:
+            raise ConfigError(f"calib.steps must be >= 1, got {self.steps}")
+
+
 @dataclass
 class CalibrationSet:
-    """Token windows ``input_ids`` [nsamples, seqlen] and how they were drawn."""
+    """Calibration samples of any model kind: model keyword inputs, one dict per sample (batch first).
 
-    input_ids: torch.Tensor
-    config: CalibConfig
-    corpus: CorpusRef
-    starts: list[int] = field(default_factory=list)
+    ``tokens`` keeps the token windows [nsamples, seqlen] of a language model (None otherwise);
+    ``recipe`` says how the samples were drawn (it is the set's fingerprint in records and cache keys).
+    """
+
+    inputs: list[dict]
+    recipe: dict
+    tokens: torch.Tensor | None = None
     cache_dir: Path | None = None  # where shared calibration statistics are cached
     cache_reads: list[str] = field(default_factory=list)  # statistics served from that cache (for the record)
 
-    def samples(self) -> Iterator[dict]:
-        """Model inputs, one calibration window at a time."""
-        for i in range(self.input_ids.shape[0]):
-            yield {"input_ids": self.input_ids[i : i + 1], "use_cache": False}
+    def samples(self, limit: int | None = None) -> Iterator[dict]:
+        """Model inputs, one calibration sample at a time (the first ``limit`` ones)."""
+        yield from self.inputs[:limit]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
 
     def fingerprint(self) -> dict:
-        c = self.config
-        return {
-            **self.corpus.fingerprint(),
-            "nsamples": c.nsamples,
-            "seqlen": c.seqlen,
-            "seed": c.seed,
-            "draw": "random.seed(seed); randint(0, n_tokens - seqlen - 1)",
-        }
+        return dict(self.recipe)
 
 
 def draw_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> tuple[torch.Tensor, list[int]]:
@@ -77,6 +96,20 @@ def tokenize_stream(tokenizer, corpus: Corpus) -> torch.Tensor:
 
 
 def build_calibration_set(config: CalibConfig, ref: CorpusRef, tokenizer) -> CalibrationSet:
+    """Token windows drawn from a corpus (the language-model calibration set)."""
+    from slimbench.models.io import CausalLMIO
+
     ids = tokenize_stream(tokenizer, load_corpus(ref))
     windows, starts = draw_windows(ids, config.nsamples, config.seqlen, config.seed)
-    return CalibrationSet(input_ids=windows, config=config, corpus=ref, starts=starts)
+    recipe = {**ref.fingerprint(), "nsamples": config.nsamples, "seqlen": config.seqlen, "seed": config.seed,
+              "draw": "random.seed(seed); randint(0, n_tokens - seqlen - 1)"}
+    io = CausalLMIO()
+    return CalibrationSet(inputs=[io.sample(windows[i : i + 1]) for i in range(len(windows))], recipe=recipe, tokens=windows)
+
+
+def build_trajectory_set(config: TrajectoryCalibConfig, bundle) -> CalibrationSet:
+    """Denoiser inputs along the (unmodified) diffusion model's own sampling trajectory."""
+    inputs = list(bundle.io.trajectory(bundle.model, config.nsamples, config.steps, config.seed))
+    recipe = {"dataset": "trajectory", "nsamples": config.nsamples, "steps": config.steps, "seed": config.seed,
+              "draw": "DDIM (eta 0) of nsamples images with seeded noise and classes; one sample per step"}
+    return CalibrationSet(inputs=inputs, recipe=recipe)

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from slimbench.models.bundle import ModelBundle
+from slimbench.records import Metric  # noqa: F401  (re-exported: evaluators build Metrics)
 from slimbench.registry import Registry
-
-
-@dataclass
-class Metric:
-    name: str
-    value: float | None
-    stderr: float | None = None
-    higher_is_better: bool | None = None
-    unit: str = ""
-    evaluator: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

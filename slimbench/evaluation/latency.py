@@ -98,6 +98,7 @@ class Latency:
     version = "1"
     Config = LatencyConfig
     kinds = ("causal_lm", "diffusion")
+    machine_dependent = True  # its protocol holds the device and thread count; tables compare it only within one
 
     def __init__(self, config: LatencyConfig) -> None:
         self.config = config
@@ -134,6 +135,7 @@ class Latency:
         cache_bytes: list[int] = []
 
         def once() -> dict:
+            bundle.hooks.reset_state()  # runtime hooks: one generation = one run
             with torch.inference_mode():
                 _sync(device)
                 t0 = time.perf_counter()
@@ -179,20 +181,18 @@ class Latency:
 
     # -- diffusion: one denoiser forward per step ---------------------------------------------------
     def _diffusion(self, bundle, size: Footprint) -> tuple[list[Metric], dict, dict]:
-        cfg, model = self.config, bundle.model
-        arch = model.config
+        cfg, model, io = self.config, bundle.model, bundle.io
         device = next(model.parameters()).device
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(cfg.batch_size, arch.channels, arch.img_size, arch.img_size, generator=gen).to(device)
-        t = torch.full((cfg.batch_size,), 500, device=device)
-        y = torch.zeros(cfg.batch_size, dtype=torch.long, device=device)
+        inputs = io.example_inputs(model, cfg.batch_size, None, torch.Generator().manual_seed(0))
+        inputs = {k: v.to(device) for k, v in inputs.items()}
 
         def once() -> dict:
+            bundle.hooks.reset_state()
             with torch.inference_mode():
                 _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(cfg.denoise_steps):
-                    model(x, t, y)
+                    io.forward(model, inputs)
                 _sync(device)
                 return {"step": (time.perf_counter() - t0) / cfg.denoise_steps}
 
@@ -202,4 +202,5 @@ class Latency:
             Metric("step_ms", med, higher_is_better=False, unit="ms"),
             Metric("step_ms_p90", p90, higher_is_better=False, unit="ms"),
         ]
-        return metrics, {"workload": "denoiser forward at t=500", "steps": cfg.denoise_steps}, {}
+        t = int(inputs["t"][0])
+        return metrics, {"workload": f"denoiser call at t={t} (the model kind's example inputs)", "steps": cfg.denoise_steps}, {}

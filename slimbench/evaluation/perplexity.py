@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from slimbench.data.corpora import load_corpus, resolve_corpus
@@ -40,18 +39,15 @@ class PerplexityConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def window_nlls(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
-    """Mean token NLL of each window [n_windows, seqlen] -> [n_windows] (float64)."""
+def window_nlls(bundle, windows: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
+    """Mean token NLL of each window [n_windows, seqlen] -> [n_windows] (float64), by the model
+    kind's objective (``bundle.io.objective``); runtime hooks' state is reset per batch."""
     out = torch.empty(windows.shape[0], dtype=torch.float64)
-    device = next(model.parameters()).device
     with torch.inference_mode(), tqdm(total=windows.shape[0], desc=desc, unit="win", mininterval=2.0) as bar:
         for start in range(0, windows.shape[0], batch_size):
-            ids = windows[start : start + batch_size].to(device)  # [B, T]
-            logits = model(input_ids=ids, use_cache=False).logits  # [B, T, V]
-            nll = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
-            ).view(ids.shape[0], -1)  # [B, T-1]
-            out[start : start + ids.shape[0]] = nll.mean(dim=1).double().cpu()
+            ids = windows[start : start + batch_size]  # [B, T]
+            bundle.hooks.reset_state()
+            out[start : start + ids.shape[0]] = bundle.io.objective(bundle.model, bundle.io.sample(ids)).double().cpu()
             bar.update(ids.shape[0])
     return out
 
@@ -85,7 +81,7 @@ class Perplexity:
         windows = ids[: n_windows * cfg.seqlen].view(n_windows, cfg.seqlen)
 
         start = time.perf_counter()
-        nlls = window_nlls(bundle.model, windows, cfg.batch_size, desc=f"perplexity {cfg.dataset}/{cfg.split}")
+        nlls = window_nlls(bundle, windows, cfg.batch_size, desc=f"perplexity {cfg.dataset}/{cfg.split}")
         elapsed = time.perf_counter() - start
 
         mean_nll = nlls.mean().item()

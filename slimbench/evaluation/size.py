@@ -6,7 +6,9 @@
   shared tensors once): what a saved checkpoint holds.
 * ``linear_*``: the compressible linear layers of the blocks (the adapter's roles);
   ``bits_per_weight = 8 · linear_bytes / linear_params``.
-* ``sparsity``: fraction of exact zeros among the plain weights of those linears.
+* ``sparsity``: fraction of exact zeros among the weights of those linears (a packed linear's
+  weights at their group's zero point are exact zeros of ``s·(q − z)``: pruning survives
+  quantization in a pipeline, and quantization itself rounds small weights to zero).
 
 A module that stores weights in a packed or factored form may define ``storage_stats()``
 returning ``(logical_params, storage_bytes)``; everything else is counted tensor by tensor.
@@ -29,8 +31,8 @@ class Footprint:
     bytes: int
     linear_params: int
     linear_bytes: int
-    linear_zeros: int
-    linear_dense_weights: int  # weights of plain (unpacked) linears, the sparsity denominator
+    linear_zeros: int  # exact zeros (packed linears: codes at their zero point)
+    linear_weights: int  # weights of the linears, the sparsity denominator
     embedding_bytes: int  # input embedding table (read one row per token when decoding)
     tied_embeddings: bool
 
@@ -40,7 +42,7 @@ class Footprint:
 
     @property
     def sparsity(self) -> float:
-        return self.linear_zeros / self.linear_dense_weights if self.linear_dense_weights else 0.0
+        return self.linear_zeros / self.linear_weights if self.linear_weights else 0.0
 
     @property
     def weight_bytes_per_decode_step(self) -> int:
@@ -70,6 +72,25 @@ def module_storage(module: nn.Module) -> tuple[int, int]:
     return params, nbytes
 
 
+def module_params(model: nn.Module) -> dict[str, int]:
+    """Parameters of every named module in one pass (packed modules count the weights they
+    represent; a module's count includes its children's)."""
+    out: dict[str, int] = {}
+
+    def visit(name: str, module: nn.Module) -> int:
+        stats = getattr(module, "storage_stats", None)
+        if callable(stats):
+            count = stats()[0]
+        else:
+            count = sum(p.numel() for p in module.parameters(recurse=False))
+            count += sum(visit(f"{name}.{child}" if name else child, sub) for child, sub in module.named_children())
+        out[name] = count
+        return count
+
+    visit("", model)
+    return out
+
+
 def footprint(model: nn.Module, adapter: Adapter) -> Footprint:
     tensors = _unique_tensors(model)
     total_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -78,14 +99,17 @@ def footprint(model: nn.Module, adapter: Adapter) -> Footprint:
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in packed_ids)
     params += sum(m.storage_stats()[0] for m in packed)
 
-    lin_params = lin_bytes = zeros = dense = 0
+    lin_params = lin_bytes = zeros = weights = 0
     for module in adapter.linear_paths(model).values():
         p, b = module_storage(module)
         lin_params, lin_bytes = lin_params + p, lin_bytes + b
         weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        if callable(getattr(module, "zero_count", None)):  # packed: weights at the zero point are exact zeros
+            zeros += module.zero_count()
+            weights += module.in_features * module.out_features
+        elif isinstance(weight, torch.Tensor) and weight.is_floating_point():
             zeros += int((weight == 0).sum())
-            dense += weight.numel()
+            weights += weight.numel()
 
     embed = get_path(model, adapter.embed)
     emb_w = getattr(embed, "weight", None)
@@ -96,7 +120,7 @@ def footprint(model: nn.Module, adapter: Adapter) -> Footprint:
         linear_params=lin_params,
         linear_bytes=lin_bytes,
         linear_zeros=zeros,
-        linear_dense_weights=dense,
+        linear_weights=weights,
         embedding_bytes=emb_bytes,
         tied_embeddings=adapter.tied_embeddings(model),
     )

@@ -28,6 +28,8 @@ def saves_parameters(out_features: int, in_features: int, rank: int) -> bool:
 class FactoredLinear(nn.Module):
     """``second(first(x))``: in -> rank -> out; the bias lives on ``second``."""
 
+    factor_parts = ("first", "second")  # adapters expose these as linears ``<role>.first`` / ``<role>.second``
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, dtype=None, device=None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank

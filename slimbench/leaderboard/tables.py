@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from slimbench.records import RunRecord
 from slimbench.store import ResultStore, flatten_record
 
 # (column in the flattened record, header, format)
@@ -66,10 +67,11 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 
 def add_dense_relative(members: list[dict]) -> None:
     """Add ``vs_dense.*`` columns to each row of one protocol group, measured against that group's
-    dense run (same model, suite and protocol, so same machine settings): the fraction of
-    parameters removed and the prefill / decode speedups (>1 = faster than dense)."""
-    dense = next((m for m in members if m["method"] == "dense" and m["status"] == "ok"), None)
-    if dense is None:
+    baseline run (the unchanged model: ``compression.baseline``): the fraction of parameters
+    removed, and the prefill / decode speedups (>1 = faster than dense) against the baseline
+    measured under the same latency protocol (device, threads) only."""
+    baselines = [m for m in members if m.get("baseline") and m["status"] == "ok"]
+    if not baselines:
         return
 
     def ratio(a, b):
@@ -77,10 +79,12 @@ def add_dense_relative(members: list[dict]) -> None:
         return a / b if ok else None
 
     for m in members:
-        removed = ratio(m.get("size.params"), dense.get("size.params"))
+        removed = ratio(m.get("size.params"), baselines[0].get("size.params"))
         m["vs_dense.params_removed"] = None if removed is None else 1.0 - removed
-        m["vs_dense.prefill_speedup"] = ratio(dense.get("latency.prefill_ms"), m.get("latency.prefill_ms"))
-        m["vs_dense.decode_speedup"] = ratio(m.get("latency.decode_tokens_per_s"), dense.get("latency.decode_tokens_per_s"))
+        same = next((b for b in baselines if b.get("fingerprint.latency") == m.get("fingerprint.latency")), None)
+        if same is not None:
+            m["vs_dense.prefill_speedup"] = ratio(same.get("latency.prefill_ms"), m.get("latency.prefill_ms"))
+            m["vs_dense.decode_speedup"] = ratio(m.get("latency.decode_tokens_per_s"), same.get("latency.decode_tokens_per_s"))
 
 
 CACHED_MARK = "*"
@@ -102,21 +106,21 @@ def _cell(row: dict, column: tuple[str, str, str]) -> str:
     return text
 
 
-def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
-    """One table per (model, protocol fingerprint) group; one row per run."""
+def leaderboard_markdown(records: list[RunRecord], title_prefix: str = "") -> str:
+    """One table per (model, dtype, suite, protocol fingerprint) group; one row per run."""
     rows = [flatten_record(r) for r in records]
     if not rows:
         return "(no records)"
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["suite"], row["protocol_fingerprint"]), []).append(row)
+        groups.setdefault((row["model"], row["dtype"], row["suite"], row["protocol_fingerprint"]), []).append(row)
     out = []
-    for (model, suite, fp), members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for (model, dtype, suite, fp), members in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         add_dense_relative(members)
         cols = [c for c in HEADLINE_COLUMNS if any(m.get(c[0]) is not None for m in members)]
         headers = ["method", "config", "status", "path"] + [c[1] for c in cols] + ["run_id"]
         body = []
-        for m in sorted(members, key=lambda r: (r["method"] != "dense", r["method"], _natural(r["method_config"]))):
+        for m in sorted(members, key=lambda r: (not r.get("baseline"), r["method"], _natural(r["method_config"]))):
             status = m["status"] if m["status"] == "ok" else f"failed: {m.get('error') or ''}"[:60]
             body.append(
                 [m["method"], m["method_config"], status, m.get("execution_path") or "-"]
@@ -127,11 +131,12 @@ def leaderboard_markdown(records: list[dict], title_prefix: str = "") -> str:
         table = markdown_table(headers, body)
         if any(m.get("compression.calib_cached") for m in members):
             table += f"\n\n\\{CACHED_MARK} {CACHED_LEGEND}"
-        out.append(f"### {title_prefix}{model} · suite {suite} · {label}\n\n" + table)
+        head = f"{model}" + (f" ({dtype})" if dtype and dtype != "float32" else "")
+        out.append(f"### {title_prefix}{head} · suite {suite} · {label}\n\n" + table)
     return "\n\n".join(out)
 
 
-def write_csv(records: list[dict], path: str | Path) -> Path:
+def write_csv(records: list[RunRecord], path: str | Path) -> Path:
     import pandas as pd
 
     path = Path(path)
@@ -140,23 +145,20 @@ def write_csv(records: list[dict], path: str | Path) -> Path:
     return path
 
 
-def load_records(results_dir: str | Path, model: str | None = None, suite: str | None = None) -> list[dict]:
+def load_records(results_dir: str | Path, model: str | None = None, suite: str | None = None) -> list[RunRecord]:
     records = ResultStore(results_dir).latest()
     if model:
-        records = [r for r in records if r.get("model", {}).get("name") == model]
+        records = [r for r in records if r.model.get("name") == model]
     if suite:
-        records = [r for r in records if r.get("eval", {}).get("suite") == suite]
+        records = [r for r in records if r.eval.get("suite") == suite]
     return records
 
 
-def record_table(record: dict) -> str:
+def record_table(record: RunRecord) -> str:
     """All metrics of one record as a Markdown table."""
-    rows = [
-        [f"{m['evaluator']}.{m['name']}", _number(m["value"]), fmt(m.get("stderr"), "{:.3g}"), m.get("unit", "")]
-        for m in record.get("metrics", [])
-    ]
-    comp = record.get("compression") or {}
-    for key in ("execution_path", "sparsity", "params_after", "bytes_after", "wall_time_s"):
-        if key in comp:
-            rows.append([f"compression.{key}", _number(comp[key]), "", ""])
+    rows = [[m.key, _number(m.value), fmt(m.stderr, "{:.3g}"), m.unit] for m in record.metrics]
+    comp = record.compression
+    if comp is not None:
+        for key in ("execution_path", "sparsity", "params_after", "bytes_after", "wall_time_s"):
+            rows.append([f"compression.{key}", _number(getattr(comp, key)), "", ""])
     return markdown_table(["metric", "value", "stderr", "unit"], rows)

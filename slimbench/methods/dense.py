@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import ALL_FORMS, MethodBase, MethodResult, register_method
 
 
 @dataclass(frozen=True)
@@ -12,18 +12,7 @@ class DenseConfig:
     pass
 
 
-@METHODS.register("dense")
-class Dense:
-    name = "dense"
-    Config = DenseConfig
-    requires_calibration = False
-    kinds = ("causal_lm", "diffusion")
-
-    def __init__(self, config: DenseConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("dense", config=DenseConfig, family="baseline", kinds=("causal_lm", "diffusion"), accepts=ALL_FORMS)
+class Dense(MethodBase):
     def apply(self, bundle, calib) -> MethodResult:
         return MethodResult(execution_path="dense")

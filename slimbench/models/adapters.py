@@ -7,6 +7,13 @@ frozen table of attribute paths, registered under every ``config.model_type`` it
 Linear roles inside a block: ``q k v o`` (attention; ``qkv`` when fused), ``gate up down``
 (MLP). Norm roles: ``attn_in`` (before attention), ``attn_out`` (on the attention output,
 Gemma-3's sandwich norm), ``mlp_in`` (before the MLP), ``mlp_out``.
+
+A linear replaced by two low-rank factors (``kernels.factored.FactoredLinear``) shows up as two
+linears with the roles ``<role>.first`` and ``<role>.second``, so that later pipeline stages
+(quantization) reach the factors; ``weight_matrix`` also reads packed (``QuantLinear``) and
+factored modules. Which norm feeds which linears (``norm_feeds``) and AWQ's scale chains
+(``scale_chains``) are tables here, not in the methods. ``io`` names how the model is called
+(``slimbench.models.io``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,21 @@ class MoESpec:
     shared_expert: str | None = None
 
 
+FACTOR_PARTS = ("first", "second")  # kernels.factored.FactoredLinear.factor_parts: in -> rank -> out
+
+
+@dataclass(frozen=True)
+class ScaleChain:
+    """AWQ: an op whose output feeds ``roles``; the scale search inspects ``inspect`` (a block
+    sublayer ``attn``/``mlp`` or a linear role). ``needs_mha``: only when K/V heads equal the
+    query heads (the v -> o fold needs v's output rows to match o's inputs)."""
+
+    prev: str  # a norm role or a linear role
+    roles: tuple[str, ...]
+    inspect: str
+    needs_mha: bool = False
+
+
 @dataclass(frozen=True)
 class Adapter:
     family: str
@@ -76,6 +98,22 @@ class Adapter:
     num_heads_attr: str = "num_attention_heads"
     num_kv_heads_attr: str | None = "num_key_value_heads"
     hidden_attr: str = "hidden_size"
+    # the linears each pre-norm's output feeds (SmoothQuant's smoothing, AWQ's norm folds)
+    norm_feeds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    scale_chains: tuple[ScaleChain, ...] = ()
+    io: str = "causal_lm"
+
+    # -- names -------------------------------------------------------------------------------
+    def role_path(self, role: str) -> str:
+        """Path of a linear role inside a block (``q.first`` -> ``self_attn.q_proj.first``)."""
+        base, _, part = role.partition(".")
+        if base not in self.linears or (part and part not in FACTOR_PARTS):
+            raise KeyError(f"{self.family} adapter has no linear role {role!r}")
+        return self.linears[base] + (f".{part}" if part else "")
+
+    def layer_name(self, index: int, role: str) -> str:
+        """Full dotted name of block ``index``'s linear ``role`` (e.g. ``model.layers.3.mlp.up_proj``)."""
+        return f"{self.blocks}.{index}.{self.role_path(role)}"
 
     # -- structure ---------------------------------------------------------------------------
     def get_blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -85,35 +123,53 @@ class Adapter:
         return blocks
 
     def block_linears(self, block: nn.Module) -> dict[str, nn.Module]:
-        """role -> linear module of one block, for the roles this block has."""
+        """role -> linear module of one block, for the roles this block has (factored linears
+        as their two factors ``<role>.first`` / ``<role>.second``)."""
         found = {}
         for role, path in self.linears.items():
             module = get_path(block, path)
-            if module is not None:
+            if module is None:
+                continue
+            parts = getattr(module, "factor_parts", None)  # a FactoredLinear: its factors are the linears
+            if parts:
+                found.update({f"{role}.{p}": getattr(module, p) for p in parts})
+            else:
                 found[role] = module
         return found
 
     def linear_paths(self, model: nn.Module) -> dict[str, nn.Module]:
         """Full dotted name -> module for every compressible linear in the blocks."""
-        out = {}
-        for i, block in enumerate(self.get_blocks(model)):
-            for role, path in self.linears.items():
-                module = get_path(block, path)
-                if module is not None:
-                    out[f"{self.blocks}.{i}.{path}"] = module
-        return out
+        return {self.layer_name(i, role): module for i, block in enumerate(self.get_blocks(model))
+                for role, module in self.block_linears(block).items()}
 
     def weight_matrix(self, module: nn.Module) -> torch.Tensor:
-        """The weight as [out_features, in_features] (a view; writes go to the module)."""
+        """The weight as [out_features, in_features]. For a plain linear it is a view (writes go to
+        the module); for a packed (``dequantize``) or factored (``dense_weight``) module it is a
+        float copy of the weight it computes with."""
+        for reader in ("dequantize", "dense_weight"):
+            if callable(getattr(module, reader, None)):
+                return getattr(module, reader)()
         w = module.weight
         return w.t() if self.transposed_weights else w
 
     def input_group(self, role: str) -> tuple[str, ...]:
-        """The roles that share ``role``'s input (just ``(role,)`` if it shares with none)."""
+        """The roles that share ``role``'s input (just ``(role,)`` if it shares with none).
+        The first factors of a group share its input; a second factor reads its own first's output."""
+        base, _, part = role.partition(".")
+        if part == "second":
+            return (role,)
         for group in self.input_groups:
-            if role in group:
-                return group
+            if base in group:
+                return tuple(f"{r}.{part}" if part else r for r in group)
         return (role,)
+
+    def uses_mha(self, config: Any) -> bool:
+        heads, kv, _ = self.attention_geometry(config)
+        return heads == kv
+
+    def chains(self, config: Any) -> list[ScaleChain]:
+        """AWQ's scale chains that apply to this model (the v -> o fold only without GQA)."""
+        return [c for c in self.scale_chains if not c.needs_mha or self.uses_mha(config)]
 
     def norm(self, block: nn.Module, role: str) -> nn.Module | None:
         return get_path(block, self.norms.get(role))
@@ -167,6 +223,13 @@ _LLAMA = Adapter(
     norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
     input_groups=(("q", "k", "v"), ("o",), ("gate", "up"), ("down",)),
     rotary="model.rotary_emb",
+    norm_feeds={"attn_in": ("q", "k", "v"), "mlp_in": ("gate", "up")},
+    scale_chains=(
+        ScaleChain("attn_in", ("q", "k", "v"), "attn"),
+        ScaleChain("v", ("o",), "o", needs_mha=True),
+        ScaleChain("mlp_in", ("gate", "up"), "mlp"),
+        ScaleChain("up", ("down",), "down"),
+    ),
 )
 for _name in ("llama", "mistral", "qwen2", "qwen3"):
     ADAPTERS.register(_name, _LLAMA)
@@ -208,6 +271,7 @@ ADAPTERS.register(
         norms={"attn_in": "self_attn_layer_norm", "mlp_in": "final_layer_norm"},
         input_groups=(("q", "k", "v"), ("o",), ("up",), ("down",)),
         num_kv_heads_attr=None,
+        norm_feeds={"attn_in": ("q", "k", "v"), "mlp_in": ("up",)},
     ),
 )
 
@@ -224,6 +288,7 @@ ADAPTERS.register(
         linears={"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
         norms={"attn_in": "ln_1", "mlp_in": "ln_2"},
         input_groups=(("qkv",), ("o",), ("up",), ("down",)),
+        norm_feeds={"attn_in": ("qkv",), "mlp_in": ("up",)},
         transposed_weights=True,
         num_heads_attr="n_head",
         num_kv_heads_attr=None,
@@ -249,6 +314,7 @@ ADAPTERS.register(
         },
         norms={"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
         input_groups=(("qkv",), ("o",), ("up",), ("down",)),
+        norm_feeds={"attn_in": ("qkv",), "mlp_in": ("up",)},
         rotary="gpt_neox.rotary_emb",
         num_kv_heads_attr=None,
     ),
@@ -260,6 +326,8 @@ _MIXTRAL = dataclasses.replace(
     family="mixtral",
     linears={k: v for k, v in _LLAMA.linears.items() if k in ("q", "k", "v", "o")},
     input_groups=(("q", "k", "v"), ("o",)),
+    norm_feeds={"attn_in": ("q", "k", "v")},
+    scale_chains=(ScaleChain("attn_in", ("q", "k", "v"), "attn"), ScaleChain("v", ("o",), "o", needs_mha=True)),
     moe=MoESpec(block="mlp", router="gate", experts="experts"),
 )
 ADAPTERS.register("mixtral", _MIXTRAL)
@@ -293,6 +361,7 @@ ADAPTERS.register(
         num_heads_attr="num_heads",
         num_kv_heads_attr=None,
         hidden_attr="emb_size",
+        io="slimbench_dit",
     ),
 )
 

@@ -41,9 +41,21 @@ class ModelBundle:
     kind: str
     adapter: Adapter
     source: ModelSource
-    # Methods that change the architecture's runtime behaviour describe it here (e.g. hooks).
-    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.source.name
+
+    @property
+    def io(self):
+        """How to call this model: calibration samples, example inputs, output, objective."""
+        from slimbench.models.io import MODEL_IO
+
+        return MODEL_IO.get(self.adapter.io)
+
+    @property
+    def hooks(self):
+        """The model's ``HookRegistry`` (runtime methods install their hooks there)."""
+        from slimbench.hooks import HookRegistry
+
+        return HookRegistry.of(self.model)

@@ -19,20 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.layerdrop.common import DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_sublayer, sublayer_drop
 
 
-@METHODS.register("attn_drop")
-class AttnDrop:
-    name = "attn_drop"
-    Config = DropConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: DropConfig) -> None:
-        self.config = config
-
+@register_method("attn_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
+class AttnDrop(MethodBase):
     def check(self, adapter) -> None:
         check_sublayer(adapter, "attn")
 

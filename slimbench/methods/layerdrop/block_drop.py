@@ -18,23 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.layerdrop.common import DropConfig, block_drop
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, block_drop
 
 
-@METHODS.register("block_drop")
-class BlockDrop:
-    name = "block_drop"
-    Config = DropConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: DropConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None  # every adapter knows its block list
-
+@register_method("block_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
+class BlockDrop(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         return block_drop(bundle, calib, self.config)

@@ -45,10 +45,13 @@ from torch import nn
 
 from slimbench.calibration import BlockCosine, CalibrationEngine
 from slimbench.errors import ConfigError
-from slimbench.methods.base import MethodResult
+from slimbench.hooks import FunctionHook, HookRegistry
+from slimbench.methods.base import LayerReport, MethodResult
 from slimbench.models.adapters import Adapter, get_path, set_path
 
 SUBLAYERS = ("attn", "mlp")
+# removing modules works whatever they hold (plain, pruned, factored or packed); runtime hooks come last
+DROP_ACCEPTS = frozenset({"dense", "masked", "sliced", "dropped", "factored", "quantized"})
 PER_LAYER_CONFIG_LISTS = ("layer_types", "kv_sharing_modes")
 
 
@@ -86,21 +89,19 @@ class SublayerCosine:
     def __init__(self, sublayer: str) -> None:
         self.sublayer, self.acc, self._x = sublayer, CosineSum(), None
 
-    def attach(self, block: nn.Module, adapter: Adapter) -> list:
+    def attach(self, block: nn.Module, adapter: Adapter, hooks: HookRegistry) -> None:
         pre_norm, module, post_norm = sublayer_parts(block, adapter, self.sublayer)
         writer = post_norm if post_norm is not None else module  # what the residual adds
 
         def keep_input(_module, args, kwargs):
             self._x = args[0] if args else kwargs["hidden_states"]
 
-        def on_update(_module, _args, output):
+        def on_update(_module, _args, _kwargs, output):
             update = output[0] if isinstance(output, tuple) else output  # [B, T, D]
             self.acc.add(self._x, self._x.float() + update.float())
 
-        return [
-            pre_norm.register_forward_pre_hook(keep_input, with_kwargs=True),
-            writer.register_forward_hook(on_update),
-        ]
+        hooks.add(f"layerdrop/{id(self)}/input", pre_norm, FunctionHook(pre=keep_input))
+        hooks.add(f"layerdrop/{id(self)}/update", writer, FunctionHook(post=on_update))
 
     def result(self) -> float:
         return self.acc.mean()
@@ -286,7 +287,8 @@ def sublayer_drop(bundle, calib, cfg: DropConfig, kinds: tuple[str, ...]) -> Met
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {f"dropped_{k}": sorted(i for kind, i in dropped if kind == k) for k in kinds}
     details.update(_common_details(model, adapter, dropped, rounds, cfg, n_blocks))
-    return MethodResult("dropped-modules", details=details, notes=[CALIBRATION_NOTE])
+    layers = [LayerReport(f"{adapter.blocks}.{i}.{getattr(adapter, kind)}", kind, "dropped") for kind, i in dropped]
+    return MethodResult("dropped-modules", details=details, notes=[CALIBRATION_NOTE], layers=layers)
 
 
 def block_drop(bundle, calib, cfg: DropConfig, observer=None, key: str = "block-cosine-v1", note: str = CALIBRATION_NOTE) -> MethodResult:
@@ -301,7 +303,8 @@ def block_drop(bundle, calib, cfg: DropConfig, observer=None, key: str = "block-
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {"dropped_blocks": sorted(i for _, i in dropped)}
     details.update(_common_details(model, adapter, dropped, rounds, cfg, n_blocks))
-    return MethodResult("dropped-modules", details=details, notes=[note])
+    layers = [LayerReport(f"{adapter.blocks}.{i}", "block", "dropped", extra={"original_index": i}) for _, i in dropped]
+    return MethodResult("dropped-modules", details=details, notes=[note], layers=layers)
 
 
 def _common_details(model, adapter, dropped, rounds, cfg, n_blocks) -> dict:

@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.layerdrop.common import SUBLAYERS, DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, SUBLAYERS, DropConfig, check_sublayer, sublayer_drop
 
 
-@METHODS.register("joint_drop")
-class JointDrop:
-    name = "joint_drop"
-    Config = DropConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: DropConfig) -> None:
-        self.config = config
-
+@register_method("joint_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
+class JointDrop(MethodBase):
     def check(self, adapter) -> None:
         for sublayer in SUBLAYERS:
             check_sublayer(adapter, sublayer)

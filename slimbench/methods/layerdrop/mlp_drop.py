@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.layerdrop.common import DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_sublayer, sublayer_drop
 
 
-@METHODS.register("mlp_drop")
-class MlpDrop:
-    name = "mlp_drop"
-    Config = DropConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: DropConfig) -> None:
-        self.config = config
-
+@register_method("mlp_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
+class MlpDrop(MethodBase):
     def check(self, adapter) -> None:
         check_sublayer(adapter, "mlp")
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.layerdrop.common import BlockInfluenceCosine, DropConfig, block_drop
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, BlockInfluenceCosine, DropConfig, block_drop
 from slimbench.models.adapters import get_path
 
 
@@ -44,16 +44,8 @@ class ShortGPTConfig:
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
 
-@METHODS.register("shortgpt")
-class ShortGPT:
-    name = "shortgpt"
-    Config = ShortGPTConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: ShortGPTConfig) -> None:
-        self.config = config
-
+@register_method("shortgpt", config=ShortGPTConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
+class ShortGPT(MethodBase):
     def check(self, adapter) -> None:
         if self.config.final_norm_last and adapter.final_norm is None:
             raise ConfigError(f"{adapter.family} models: final_norm_last needs a final norm; set method.final_norm_last=false")

@@ -12,7 +12,8 @@ Algorithm:
      keep top-k, V ← diag(s)⁻¹ V; factors U_k√Σ_k and √Σ_k V_kᵀ (``sigma_fuse=UV``).
   3. Sensitivity (``allocation: sensitivity``): for every decoder linear alone and every
      candidate r in {0.4, …, 0.9}, factor it at r and measure the perplexity of the model on
-     the calibration windows (inputs ids[:-1], labels ids[1:]), then restore it.
+     the calibration windows (the engine's whole-model objective: exp of the mean over windows
+     of each window's mean next-token NLL), then restore it.
   4. Binary search: sort all (layer, r, ppl) by ppl, descending; for a cut ``mid`` every layer
      takes the smallest r among the entries sorted_list[mid:] (1 = dense if none); the kept
      ratio Σ numel·r / Σ numel is compared with the target (1 − ratio): above it, high = mid,
@@ -36,14 +37,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import (
-    check_ratio, column_scaled_factors, decoder_linears, details, install, keep_rank, weight64,
+    check_ratio, column_scaled_factors, decoder_linears, details, factored_report, install, keep_rank, weight64,
 )
 from slimbench.models.adapters import set_path
 
@@ -74,19 +74,8 @@ class ASVDConfig:
                 raise ConfigError(f"asvd: {key} must be null or an integer >= {2 if key.endswith('seqlen') else 1}, got {value!r}")
 
 
-@METHODS.register("asvd")
-class ASVD:
-    name = "asvd"
-    Config = ASVDConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: ASVDConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("asvd", config=ASVDConfig, family="low-rank", produces="factored", calibration=True)
+class ASVD(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg, model, adapter = self.config, bundle.model, bundle.adapter
@@ -98,19 +87,19 @@ class ASVD:
             keeps = {t.name: 1.0 - cfg.ratio for t in targets}
         else:
             key = f"asvd-sensitivity:alpha={cfg.alpha}:cands={list(cfg.candidates)}:n={cfg.sensitivity_samples}:t={cfg.sensitivity_seqlen}"
-            table = engine.cached(key, lambda: self._sensitivity(model, adapter, targets, scales, calib))
+            table = engine.cached(key, lambda: self._sensitivity(bundle, engine, targets, scales))
             keeps, search = binary_search(table, {t.name: t.numel for t in targets}, 1.0 - cfg.ratio)
             extra.update(search=search, sensitivity_ppl={n: {str(r): p for r, p in row.items()} for n, row in table.items()})
-        ranks, dense = {}, []
+        layers, dense = [], []
         for t in targets:
             k = keep_rank(t.out, t.inp, keeps[t.name]) if keeps[t.name] < 1.0 else None
             if k is None:
                 dense.append(t.name)
                 continue
             install(model, adapter, t, *column_scaled_factors(weight64(adapter, t.module), k, scales[t.name]))
-            ranks[t.name] = k
+            layers.append(factored_report(t, k, keep=keeps[t.name]))
         extra["layer_keep"] = keeps
-        return MethodResult(execution_path="low-rank", details=details(1.0 - cfg.ratio, ranks, dense, **extra))
+        return MethodResult(execution_path="low-rank", details=details(1.0 - cfg.ratio, dense, **extra), layers=layers)
 
     # -- steps -------------------------------------------------------------------------------
     def _scales(self, engine, adapter, targets) -> dict[str, torch.Tensor]:
@@ -125,11 +114,10 @@ class ASVD:
             out[t.name] = stats[t.block]["inputs"][t.role].mean_abs.double() ** self.config.alpha + 1e-6  # [in]
         return out
 
-    def _sensitivity(self, model, adapter, targets, scales, calib) -> dict[str, dict[float, float]]:
+    def _sensitivity(self, bundle, engine, targets, scales) -> dict[str, dict[float, float]]:
         """ppl of the calibration windows with one layer factored at each candidate ratio."""
-        cfg = self.config
-        ids = calib.input_ids[: cfg.sensitivity_samples]  # [N, T]
-        ids = ids[:, : cfg.sensitivity_seqlen] if cfg.sensitivity_seqlen else ids
+        cfg, model, adapter = self.config, bundle.model, bundle.adapter
+        windows = [bundle.io.crop(s, cfg.sensitivity_seqlen) for s in engine.calib.samples(cfg.sensitivity_samples)]
         table: dict[str, dict[float, float]] = {}
         for t in tqdm(targets, desc="asvd sensitivity", unit="layer", mininterval=2.0):
             w = weight64(adapter, t.module)  # [out, in]
@@ -140,20 +128,9 @@ class ASVD:
                 if k is None:
                     continue
                 install(model, adapter, t, *column_scaled_factors(w, k, scales[t.name]))
-                table[t.name][r] = calibration_ppl(model, ids)
+                table[t.name][r] = math.exp(float(engine.objective(windows).mean()))
                 set_path(block, t.path, t.module)  # restore the dense layer
         return table
-
-
-def calibration_ppl(model: nn.Module, ids: torch.Tensor) -> float:
-    """exp(mean over windows of the mean next-token NLL), one window at a time."""
-    device = next(model.parameters()).device
-    nll = 0.0
-    for row in ids:
-        x = row[None].to(device)  # [1, T]
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits  # [1, T-1, V]
-        nll += torch.nn.functional.cross_entropy(logits[0].float(), x[0, 1:]).item()
-    return math.exp(nll / ids.shape[0])
 
 
 def binary_search(table: dict[str, dict[float, float]], numel: dict[str, int], target_keep: float) -> tuple[dict, dict]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from slimbench.errors import ConfigError
 from slimbench.kernels.factored import factorize, saves_parameters
+from slimbench.records import LayerReport
 
 
 def check_ratio(ratio: float, owner: str) -> None:
@@ -54,9 +55,8 @@ def decoder_linears(model: nn.Module, adapter) -> list[Target]:
     out = []
     for i, block in enumerate(adapter.get_blocks(model)):
         for role, module in adapter.block_linears(block).items():
-            path = adapter.linears[role]
             rows, cols = adapter.weight_matrix(module).shape
-            out.append(Target(f"{adapter.blocks}.{i}.{path}", i, role, path, module, rows, cols))
+            out.append(Target(adapter.layer_name(i, role), i, role, adapter.role_path(role), module, rows, cols))
     return out
 
 
@@ -90,11 +90,15 @@ def install(model: nn.Module, adapter, target: Target, left: torch.Tensor, right
     factorize(block, target.path, left, right, None if bias is None else bias.detach())
 
 
-def compress_uniform(model, adapter, keep: float, factors) -> tuple[dict, list]:
+def factored_report(target: Target, k: int, **extra) -> LayerReport:
+    return LayerReport(target.name, target.role, "factored", rank=k, path="low-rank", extra=extra)
+
+
+def compress_uniform(model, adapter, keep: float, factors) -> tuple[list[LayerReport], list]:
     """Factor every decoder linear at ``keep`` with ``factors(target, w64, k)``.
 
-    Returns (ranks of the factored layers, names of layers left dense)."""
-    ranks, dense = {}, []
+    Returns (reports of the factored layers, names of layers left dense)."""
+    layers, dense = [], []
     for target in decoder_linears(model, adapter):
         w = weight64(adapter, target.module)  # [out, in]
         k = keep_rank(*w.shape, keep)
@@ -103,10 +107,10 @@ def compress_uniform(model, adapter, keep: float, factors) -> tuple[dict, list]:
             continue
         left, right = factors(target, w, k)
         install(model, adapter, target, left, right)
-        ranks[target.name] = k
-    return ranks, dense
+        layers.append(factored_report(target, k))
+    return layers, dense
 
 
-def details(keep: float, ranks: dict, dense: list, **extra) -> dict:
+def details(keep: float, dense: list, **extra) -> dict:
     return {"keep_ratio": keep, "rank_rule": "k = floor(keep*m*n/(m+n)), factored only if k < m*n/(m+n)",
-            "ranks": ranks, "dense_layers": dense, **extra}
+            "dense_layers": dense, **extra}

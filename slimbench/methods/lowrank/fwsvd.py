@@ -24,10 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from slimbench.calibration import CalibrationEngine
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import check_ratio, column_scaled_factors, compress_uniform, decoder_linears, details
 
 
@@ -39,34 +38,24 @@ class FWSVDConfig:
         check_ratio(self.ratio, "fwsvd")
 
 
-@METHODS.register("fwsvd")
-class FWSVD:
-    name = "fwsvd"
-    Config = FWSVDConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: FWSVDConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("fwsvd", config=FWSVDConfig, family="low-rank", produces="factored", calibration=True)
+class FWSVD(MethodBase):
     def apply(self, bundle, calib) -> MethodResult:
         keep = 1.0 - self.config.ratio
         engine = CalibrationEngine(bundle, calib)  # caches the Fisher rows: every ratio shares them
-        fisher = engine.cached("fwsvd-fisher-rows:lm-loss:per-window", lambda: fisher_rows(bundle, calib))  # name -> [in]
+        fisher = engine.cached("fwsvd-fisher-rows:lm-loss:per-window", lambda: fisher_rows(bundle, engine))  # name -> [in]
         scales = {name: (f / f.max().clamp_min(1e-300) + 1e-6).sqrt() for name, f in fisher.items()}
         with torch.no_grad():
-            ranks, dense = compress_uniform(
+            layers, dense = compress_uniform(
                 bundle.model, bundle.adapter, keep, lambda t, w, k: column_scaled_factors(w, k, scales[t.name])
             )
-        extra = {"allocation": "uniform", "fisher_samples": int(calib.input_ids.shape[0]), "fisher_axis": "input features (row sums in x·W layout)"}
-        return MethodResult(execution_path="low-rank", details=details(keep, ranks, dense, **extra))
+        extra = {"allocation": "uniform", "fisher_samples": len(calib), "fisher_axis": "input features (row sums in x·W layout)"}
+        return MethodResult(execution_path="low-rank", details=details(keep, dense, **extra), layers=layers)
 
 
-def fisher_rows(bundle, calib) -> dict[str, torch.Tensor]:
-    """(1/N) Σ_d Σ_out (∂L_d/∂W)² per input feature of every decoder linear, float64 [in]."""
+def fisher_rows(bundle, engine: CalibrationEngine) -> dict[str, torch.Tensor]:
+    """(1/N) Σ_d Σ_out (∂L_d/∂W)² per input feature of every decoder linear, float64 [in]: the
+    gradients of the engine's whole-model objective (mean next-token NLL), one window at a time."""
     model, adapter = bundle.model, bundle.adapter
     targets = decoder_linears(model, adapter)
     flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -74,21 +63,19 @@ def fisher_rows(bundle, calib) -> dict[str, torch.Tensor]:
         p.requires_grad_(False)
     for t in targets:
         t.module.weight.requires_grad_(True)
-    device = next(model.parameters()).device
     sums = {t.name: torch.zeros(t.inp, dtype=torch.float64) for t in targets}
+
+    def accumulate(_i: int) -> None:
+        for t in targets:
+            g = t.module.weight.grad
+            g = (g.t() if adapter.transposed_weights else g).double()  # [out, in]
+            sums[t.name] += (g**2).sum(0).cpu()
+            t.module.weight.grad = None
+
     try:
-        with torch.enable_grad():
-            for sample in tqdm(calib.samples(), total=calib.input_ids.shape[0], desc="fwsvd fisher", unit="win", mininterval=2.0):
-                ids = sample["input_ids"].to(device)  # [1, T]
-                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-                for t in targets:
-                    g = t.module.weight.grad
-                    g = (g.t() if adapter.transposed_weights else g).double()  # [out, in]
-                    sums[t.name] += (g**2).sum(0).cpu()
-                    t.module.weight.grad = None
+        engine.objective(backward=accumulate, desc="fwsvd fisher")
     finally:
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
             p.grad = None
-    n = calib.input_ids.shape[0]
-    return {name: s / n for name, s in sums.items()}
+    return {name: s / len(engine.calib) for name, s in sums.items()}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import check_ratio, compress_uniform, details, truncated_factors
 
 
@@ -27,21 +27,10 @@ class SVDConfig:
         check_ratio(self.ratio, "svd")
 
 
-@METHODS.register("svd")
-class SVD:
-    name = "svd"
-    Config = SVDConfig
-    requires_calibration = False
-    kinds = ("causal_lm", "diffusion")
-
-    def __init__(self, config: SVDConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("svd", config=SVDConfig, family="low-rank", produces="factored", kinds=("causal_lm", "diffusion"))
+class SVD(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         keep = 1.0 - self.config.ratio
-        ranks, dense = compress_uniform(bundle.model, bundle.adapter, keep, lambda t, w, k: truncated_factors(w, k))
-        return MethodResult(execution_path="low-rank", details=details(keep, ranks, dense, allocation="uniform"))
+        layers, dense = compress_uniform(bundle.model, bundle.adapter, keep, lambda t, w, k: truncated_factors(w, k))
+        return MethodResult(execution_path="low-rank", details=details(keep, dense, allocation="uniform"), layers=layers)

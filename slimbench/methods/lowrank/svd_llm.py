@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import check_ratio, compress_uniform, details, whitened_factors
 
 
@@ -39,19 +39,8 @@ class SVDLLMConfig:
         check_ratio(self.ratio, "svd_llm")
 
 
-@METHODS.register("svd_llm")
-class SVDLLM:
-    name = "svd_llm"
-    Config = SVDLLMConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: SVDLLMConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("svd_llm", config=SVDLLMConfig, family="low-rank", produces="factored", calibration=True)
+class SVDLLM(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         adapter, keep = bundle.adapter, 1.0 - self.config.ratio
@@ -64,9 +53,9 @@ class SVDLLM:
                 shifted.append(target.name)
             return whitened_factors(w, k, chol, chol_inv)
 
-        ranks, dense = compress_uniform(bundle.model, adapter, keep, factors)
+        layers, dense = compress_uniform(bundle.model, adapter, keep, factors)
         extra = {"allocation": "uniform", "gram_tokens": grams[0][next(iter(grams[0]))].tokens, "eigen_shifted": shifted}
-        return MethodResult(execution_path="low-rank", details=details(keep, ranks, dense, **extra))
+        return MethodResult(execution_path="low-rank", details=details(keep, dense, **extra), layers=layers)
 
 
 def collect_grams(bundle, calib) -> list[dict]:

@@ -38,7 +38,7 @@ import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.pruning import structured as st
 from slimbench.methods.pruning.numerical_pruning import STATS_KEY
 
@@ -87,16 +87,8 @@ def flap_threshold_keep(scores: torch.Tensor, weights: torch.Tensor, ratio: floa
     return scores > threshold
 
 
-@METHODS.register("flap")
-class Flap:
-    name = "flap"
-    Config = FlapConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: FlapConfig) -> None:
-        self.config = config
-
+@register_method("flap", config=FlapConfig, family="pruning", produces="sliced", calibration=True, accepts={"dense", "masked", "sliced"})
+class Flap(MethodBase):
     def check(self, adapter) -> None:
         st.check_structured(adapter)
 
@@ -121,7 +113,7 @@ class Flap:
             removal = st.guarded_removal(kg, kc, gs, cs)
             self._remove(adapter, block, geo, removal, s["in"])
             removals.append(removal)
-        details = st.summarize(adapter, model, removals, params_before, [u[0] for u in unit_params], [u[1] for u in unit_params])
+        details, layers = st.summarize(adapter, model, removals, params_before, [u[0] for u in unit_params], [u[1] for u in unit_params])
         details.update({"ratio": cfg.ratio, "ratio_of": cfg.ratio_of, "metric": cfg.metric, "structure": "AL-AM",
                         "bias_compensation": cfg.bias,
                         "unit_weight_group": [round(pg / pc, 4) for pg, pc in unit_params] if cfg.ratio_of == "params" else 1})
@@ -130,7 +122,7 @@ class Flap:
                  f"attention+MLP parameters reduced by {details['param_reduction']:.2%}"]
         if details["guard_fired"]:
             notes.append(f"layers {details['guard_fired']}: every unit was selected, the best one was kept")
-        return MethodResult(execution_path="sliced-dense", details=details, notes=notes)
+        return MethodResult(execution_path="sliced-dense", details=details, notes=notes, layers=layers)
 
     def _select(self, group_scores, channel_scores, unit_params) -> list[tuple[torch.Tensor, torch.Tensor]]:
         by_params = self.config.ratio_of == "params"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import LayerReport, MethodBase, MethodResult, register_method
 from slimbench.methods.pruning.masks import check_sparsity, parse_pattern, pattern_mask
 
 
@@ -26,31 +26,21 @@ class MagnitudeConfig:
         check_sparsity(self.sparsity, self.pattern)
 
 
-@METHODS.register("magnitude")
-class Magnitude:
-    name = "magnitude"
-    Config = MagnitudeConfig
-    requires_calibration = False
-    kinds = ("causal_lm", "diffusion")
-
-    def __init__(self, config: MagnitudeConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("magnitude", config=MagnitudeConfig, family="pruning", produces="masked", kinds=("causal_lm", "diffusion"))
+class Magnitude(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg, adapter = self.config, bundle.adapter
-        per_layer = {}
-        for name, module in adapter.linear_paths(bundle.model).items():
-            weight = adapter.weight_matrix(module)  # [out, in]
-            mask = pattern_mask(weight.abs(), cfg.sparsity, cfg.pattern, per_row=False)
-            weight.masked_fill_(mask, 0.0)
-            per_layer[name] = round(mask.float().mean().item(), 6)
+        layers = []
+        for i, block in enumerate(adapter.get_blocks(bundle.model)):
+            for role, module in adapter.block_linears(block).items():
+                weight = adapter.weight_matrix(module)  # [out, in]
+                weight.masked_fill_(pattern_mask(weight.abs(), cfg.sparsity, cfg.pattern, per_row=False), 0.0)
+                layers.append(LayerReport(adapter.layer_name(i, role), role, "pruned"))
         nm = parse_pattern(cfg.pattern)
         return MethodResult(
             execution_path="masked-dense",
-            details={"pattern": cfg.pattern, "per_layer_sparsity": per_layer},
+            details={"pattern": cfg.pattern},
             notes=[f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense"],
+            layers=layers,
         )

@@ -32,7 +32,7 @@ import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.pruning import structured as st
 
 STATS_KEY = "LinearInputs(o,down;gram,sq_sum,sum)"  # shared with FLAP: one dense pass serves both
@@ -108,16 +108,9 @@ def compensated_weight(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Ten
 
 
 # -- the method -------------------------------------------------------------------------------
-@METHODS.register("numerical_pruning")
-class NumericalPruning:
-    name = "numerical_pruning"
-    Config = NumericalPruningConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: NumericalPruningConfig) -> None:
-        self.config = config
-
+@register_method("numerical_pruning", config=NumericalPruningConfig, family="pruning", produces="sliced", calibration=True,
+                 accepts={"dense", "masked", "sliced"})
+class NumericalPruning(MethodBase):
     def check(self, adapter) -> None:
         st.check_structured(adapter)
 
@@ -152,9 +145,9 @@ class NumericalPruning:
             removal = st.guarded_removal(~pg, ~pc, layer["group"], layer["channel"])
             self._remove(adapter, block, geo, removal, layer["grams"])
             removals.append(removal)
-        details = st.summarize(adapter, model, removals, params_before, [u[0] for u in unit_params], [u[1] for u in unit_params])
+        details, reports = st.summarize(adapter, model, removals, params_before, [u[0] for u in unit_params], [u[1] for u in unit_params])
         details.update(self._score_details(layers))
-        return MethodResult(execution_path="sliced-dense", details=details, notes=self._notes(details))
+        return MethodResult(execution_path="sliced-dense", details=details, notes=self._notes(details), layers=reports)
 
     def _select(self, layers, unit_params) -> list[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config

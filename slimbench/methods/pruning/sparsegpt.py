@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.calibration import CalibrationEngine, LinearInputs, Step
+from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import LayerReport, MethodBase, MethodResult, SequentialPlan, register_method
 from slimbench.methods.hessian import hessian_from_gram, prepare_inverse
 from slimbench.methods.pruning.masks import check_sparsity, parse_pattern
 
@@ -122,48 +122,38 @@ def _role_groups(adapter, roles: tuple[str, ...], sequential: bool) -> list[tupl
     return groups
 
 
-@METHODS.register("sparsegpt")
-class SparseGPT:
-    name = "sparsegpt"
-    Config = SparseGPTConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: SparseGPTConfig) -> None:
-        self.config = config
-
+@register_method("sparsegpt", config=SparseGPTConfig, family="pruning", produces="masked", calibration=True)
+class SparseGPT(MethodBase):
     def check(self, adapter) -> None:
         if not adapter.linears:
             raise ConfigError(f"sparsegpt: the {adapter.family} adapter declares no linear layers to prune")
 
-    @torch.no_grad()
-    def apply(self, bundle, calib) -> MethodResult:
+    def plan(self, bundle, calib) -> SequentialPlan:
         cfg, adapter, nm = self.config, bundle.adapter, parse_pattern(self.config.pattern)
-        if nm is None and cfg.sparsity == 0:
-            return MethodResult("masked-dense", {"pattern": cfg.pattern, "per_layer": {}}, ["sparsity 0: nothing pruned"])
-        per_layer: dict = {}
+        layers: list[LayerReport] = []
+        skip = nm is None and cfg.sparsity == 0  # the reference driver then prunes nothing at all
 
-        def plan(i, block):
+        def steps(i, block):
+            if skip:
+                return []
             linears = adapter.block_linears(block)
-            return [Step({"in": LinearInputs(g, {"gram"})}, self._compressor(adapter, linears, i, g, per_layer)) for g in _role_groups(adapter, tuple(linears), cfg.true_sequential)]
+            return [Step({"in": LinearInputs(g, {"gram"})}, self._compressor(adapter, linears, i, g, layers))
+                    for g in _role_groups(adapter, tuple(linears), cfg.true_sequential)]
 
-        report = CalibrationEngine(bundle, calib).run(plan, propagate_error=True, desc="sparsegpt")
-        return MethodResult(
-            execution_path="masked-dense",
-            details={
-                "pattern": cfg.pattern,
-                "blocksize": cfg.blocksize,
-                "percdamp": cfg.percdamp,
-                "true_sequential": cfg.true_sequential,
-                "calibration": {"blocks": report.blocks, "samples": report.samples, "tokens_per_sample": report.tokens_per_sample, "propagate_error": True},
-                "per_layer": per_layer,
-            },
-            notes=[f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense", "weights updated by the OBS reconstruction (float32)"],
-        )
+        def finish(report) -> MethodResult:
+            notes = [f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense",
+                     "weights updated by the OBS reconstruction (float32)"]
+            details = {"pattern": cfg.pattern, "blocksize": cfg.blocksize, "percdamp": cfg.percdamp, "true_sequential": cfg.true_sequential,
+                       "calibration": {"blocks": report.blocks, "samples": report.samples, "tokens_per_sample": report.tokens_per_sample,
+                                       "propagate_error": True}}
+            return MethodResult("masked-dense", details, ["sparsity 0: nothing pruned"] if skip else notes, layers)
 
-    def _compressor(self, adapter, linears, index, roles, per_layer):
+        return SequentialPlan(steps, finish, propagate_error=True, desc="sparsegpt")
+
+    def _compressor(self, adapter, linears, index, roles, layers):
         cfg, nm = self.config, parse_pattern(self.config.pattern)
 
+        @torch.no_grad()
         def compress(stats):
             for role in roles:
                 weight = adapter.weight_matrix(linears[role])  # [out, in]
@@ -172,10 +162,7 @@ class SparseGPT:
                 start = weight.float().masked_fill(dead.reshape(1, -1), 0.0)
                 pruned, losses = sparsegpt_prune(start, hinv, cfg.sparsity, nm, cfg.blocksize)
                 weight.copy_(pruned.to(weight.dtype))
-                per_layer[f"{adapter.blocks}.{index}.{adapter.linears[role]}"] = {
-                    "sparsity": round((pruned == 0).float().mean().item(), 6),
-                    "obs_error": float(losses.sum()),
-                    "dead_inputs": int(dead.sum()),
-                }
+                layers.append(LayerReport(adapter.layer_name(index, role), role, "pruned", error=float(losses.sum()),
+                                          error_kind="obs error", extra={"dead_inputs": int(dead.sum())}))
 
         return compress

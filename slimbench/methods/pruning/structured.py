@@ -29,6 +29,7 @@ from torch import nn
 
 from slimbench.errors import ConfigError
 from slimbench.models.adapters import Adapter, get_path, set_path
+from slimbench.records import LayerReport
 
 ATTN_ROLES = ("q", "k", "v", "o")
 MLP_OUT_ROLES = ("gate", "up")  # column-pruned (output rows removed); "down" is row-pruned
@@ -119,7 +120,7 @@ def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
 
 
 def _replace(adapter: Adapter, block: nn.Module, role: str, new: nn.Linear) -> None:
-    set_path(block, adapter.linears[role], new)
+    set_path(block, adapter.role_path(role), new)
 
 
 def remove_attention_groups(adapter: Adapter, block: nn.Module, geo: BlockGeometry, keep_groups: torch.Tensor,
@@ -184,14 +185,14 @@ def guarded_removal(keep_groups, keep_channels, group_scores, channel_scores) ->
 
 
 def summarize(adapter: Adapter, model: nn.Module, removals: list[Removal], params_before: int, group_params: list[int],
-              channel_params: list[int]) -> dict:
-    """Details for the record: unit and parameter ratios (measured), per-layer kept counts."""
+              channel_params: list[int]) -> tuple[dict, list[LayerReport]]:
+    """Details for the record (unit and parameter ratios, measured) and a report per sliced layer."""
     after = prunable_params(adapter, model)
     groups = sum(r.keep_groups.numel() for r in removals)
     channels = sum(r.keep_channels.numel() for r in removals)
     groups_removed = sum(int((~r.keep_groups).sum()) for r in removals)
     channels_removed = sum(int((~r.keep_channels).sum()) for r in removals)
-    return {
+    details = {
         "prunable_params_before": params_before,
         "prunable_params_after": after,
         "param_reduction": round(1 - after / params_before, 6),  # of attention+MLP linears
@@ -202,10 +203,17 @@ def summarize(adapter: Adapter, model: nn.Module, removals: list[Removal], param
         "channels_total": channels,
         "params_per_kv_group": group_params,
         "params_per_channel": channel_params,
-        "per_layer": [
-            {"kept_kv_groups": r.keep_groups.nonzero().flatten().tolist(), "kept_channels": int(r.keep_channels.sum()),
-             **({"guard": r.forced} if r.forced else {})}
-            for r in removals
-        ],
         "guard_fired": [i for i, r in enumerate(removals) if r.forced],
     }
+    layers = []
+    for i, (block, r) in enumerate(zip(adapter.get_blocks(model), removals)):
+        roles = adapter.block_linears(block)
+        if not bool(r.keep_groups.all()):
+            kept = r.keep_groups.nonzero().flatten().tolist()
+            layers += [LayerReport(adapter.layer_name(i, role), role, "sliced", path="sliced-dense",
+                                   extra={"kept_kv_groups": kept, "kv_groups": int(r.keep_groups.numel())}) for role in ATTN_ROLES]
+        if not bool(r.keep_channels.all()):
+            layers += [LayerReport(adapter.layer_name(i, role), role, "sliced", path="sliced-dense",
+                                   extra={"kept_channels": int(r.keep_channels.sum()), "channels": int(r.keep_channels.numel())})
+                       for role in (*MLP_OUT_ROLES, "down") if role in roles]
+    return details, layers

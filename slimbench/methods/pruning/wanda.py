@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.calibration import CalibrationEngine, LinearInputs, Step
+from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import LayerReport, MethodBase, MethodResult, SequentialPlan, register_method
 from slimbench.methods.pruning.masks import check_sparsity, lowest_fraction_mask, nm_mask, parse_pattern
 
 
@@ -91,47 +91,40 @@ def wanda_mask(score: torch.Tensor, config: WandaConfig) -> tuple[torch.Tensor, 
     return lowest_fraction_mask(score, config.sparsity, per_row=True), {}
 
 
-@METHODS.register("wanda")
-class Wanda:
-    name = "wanda"
-    Config = WandaConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: WandaConfig) -> None:
-        self.config = config
-
+@register_method("wanda", config=WandaConfig, family="pruning", produces="masked", calibration=True)
+class Wanda(MethodBase):
     def check(self, adapter) -> None:
         if not adapter.linears:
             raise ConfigError(f"wanda: the {adapter.family} adapter declares no linear layers to prune")
 
-    @torch.no_grad()
-    def apply(self, bundle, calib) -> MethodResult:
-        adapter, per_layer = bundle.adapter, {}
+    def plan(self, bundle, calib) -> SequentialPlan:
+        adapter, layers = bundle.adapter, []
 
-        def plan(i, block):
+        def steps(i, block):
             roles = tuple(adapter.block_linears(block))
 
+            @torch.no_grad()
             def compress(stats):
                 for role in roles:
-                    module = adapter.block_linears(block)[role]
-                    weight = adapter.weight_matrix(module)  # [out, in]
+                    weight = adapter.weight_matrix(adapter.block_linears(block)[role])  # [out, in]
                     mask, extra = wanda_mask(wanda_score(weight, stats["in"][role].col_norm), self.config)
                     weight.masked_fill_(mask, 0.0)
-                    name = f"{adapter.blocks}.{i}.{adapter.linears[role]}"
-                    per_layer[name] = {"sparsity": round(mask.float().mean().item(), 6), **extra}
+                    layers.append(LayerReport(adapter.layer_name(i, role), role, "pruned", extra=extra))
 
             return [Step({"in": LinearInputs(roles, {"sq_sum"})}, compress)]
 
-        report = CalibrationEngine(bundle, calib).run(plan, propagate_error=True, desc="wanda")
-        nm = parse_pattern(self.config.pattern)
-        return MethodResult(
-            execution_path="masked-dense",
-            details={
-                "pattern": self.config.pattern,
-                "use_variant": self.config.use_variant,
-                "calibration": {"blocks": report.blocks, "samples": report.samples, "tokens_per_sample": report.tokens_per_sample, "propagate_error": True},
-                "per_layer": per_layer,
-            },
-            notes=[f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense"],
-        )
+        def finish(report) -> MethodResult:
+            nm = parse_pattern(self.config.pattern)
+            return MethodResult(
+                execution_path="masked-dense",
+                details={"pattern": self.config.pattern, "use_variant": self.config.use_variant, "calibration": _engine_summary(report)},
+                notes=[f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense"],
+                layers=layers,
+            )
+
+        return SequentialPlan(steps, finish, propagate_error=True, desc="wanda")
+
+
+def _engine_summary(report) -> dict:
+    return {"blocks": report.blocks, "samples": report.samples, "tokens_per_sample": report.tokens_per_sample,
+            "propagate_error": report.propagate_error}

@@ -4,8 +4,9 @@ pre_quant.py ``run_awq``).
 
 Per block, from the inputs of the *unquantized* model (the reference computes the next block's
 input from the original block, so no quantization error is propagated):
-  1. scale search, for each (previous op -> linears, inspected module) of a decoder block:
-     attn_in norm -> q,k,v (inspect attention); v -> o (only when shapes match, i.e. no GQA);
+  1. scale search, for each (previous op -> linears, inspected module) of a decoder block (the
+     adapter's ``scale_chains``; for Llama-style blocks): attn_in norm -> q,k,v (inspect
+     attention); v -> o (only without GQA, where v's rows match o's inputs);
      mlp_in norm -> gate,up (inspect MLP); up -> down (inspect down). With x̄ = mean |x| over
      the calibration tokens, for α in {0, 1/20, ..., 19/20}: s = max(x̄^α, 1e-4),
      s /= sqrt(max s · min s); W ← Q(W·diag(s))·diag(s)⁻¹; loss = mean (y − y_α)² of the
@@ -32,13 +33,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimbench.calibration import CalibrationEngine, Step
+from slimbench.hooks import FunctionHook
+
+from slimbench.calibration import Step
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.quant.common import check_format, group_slices, install, layer_record, rtn, summarize
+from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
+from slimbench.methods.quant.common import check_format, group_slices, install, layer_report, rtn, summarize
 from slimbench.models.adapters import get_path
 
-REQUIRED_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 NO_CLIP_ROLES = ("q", "k")  # "due to qk bmm, it is hard to clip precisely"
 
 
@@ -61,23 +63,23 @@ class AWQConfig:
 
 
 class _BlockRecorder:
-    """Records, per calibration sample, the calls of the attention and MLP modules and the
-    inputs of the o/down linears (what AWQ's search replays)."""
+    """Records, per calibration sample, the calls of the modules AWQ's search replays: the
+    inspected sublayers/linears of the adapter's scale chains and the inputs of every linear
+    that follows another linear (v -> o, up -> down)."""
 
-    def __init__(self, adapter) -> None:
-        self.adapter = adapter
-        self.calls: dict[str, list] = {"attn": [], "mlp": [], "o": [], "down": []}
+    def __init__(self, targets: dict[str, nn.Module]) -> None:
+        self.targets = targets
+        self.calls: dict[str, list] = {key: [] for key in targets}
 
-    def attach(self, block, adapter) -> list:
-        linears = adapter.block_linears(block)
-        targets = {"attn": get_path(block, adapter.attn), "mlp": get_path(block, adapter.mlp), "o": linears["o"], "down": linears["down"]}
-        return [m.register_forward_pre_hook(self._hook(key), with_kwargs=True) for key, m in targets.items()]
+    def attach(self, block, adapter, hooks) -> None:
+        for key, module in self.targets.items():
+            hooks.add(f"awq/{id(self)}/{key}", module, FunctionHook(pre=self._observer(key)))
 
-    def _hook(self, key):
-        def hook(module, args, kwargs):
+    def _observer(self, key):
+        def observe(module, args, kwargs):
             self.calls[key].append((args, dict(kwargs)))
 
-        return hook
+        return observe
 
     def result(self) -> dict[str, list]:
         return self.calls
@@ -101,68 +103,81 @@ def awq_quantize_weight(w: torch.Tensor, bits: int, group_size: int) -> torch.Te
     return rtn(w, bits, group_size, sym=False, include_zero=False).dequantize()
 
 
-@METHODS.register("awq")
-class AWQ:
-    name = "awq"
-    Config = AWQConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: AWQConfig) -> None:
-        self.config = config
-
+@register_method("awq", config=AWQConfig, family="quantization", produces="quantized", calibration=True,
+                 accepts={"dense", "masked", "sliced"})
+class AWQ(MethodBase):
     def check(self, adapter) -> None:
-        missing = [r for r in REQUIRED_ROLES if r not in adapter.linears]
-        norms = [n for n in ("attn_in", "mlp_in") if n not in adapter.norms]
-        if missing or norms or adapter.attn is None or adapter.mlp is None or adapter.transposed_weights:
-            raise ConfigError(f"awq supports gated-MLP decoders with pre-norms (llama, gemma3 families); {adapter.family} lacks {missing + norms or 'a supported layout'}")
+        roles = {r for c in adapter.scale_chains for r in (*c.roles, c.prev, c.inspect)}
+        missing = sorted(r for r in roles if r not in adapter.linears and r not in adapter.norms and getattr(adapter, r, None) is None)
+        if not adapter.scale_chains or missing or adapter.transposed_weights:
+            raise ConfigError(f"awq needs the adapter's scale chains (pre-norm -> linears) and [out, in] weights; "
+                              f"the {adapter.family} adapter has {missing or 'no scale chains'}")
 
-    @torch.no_grad()
-    def apply(self, bundle, calib) -> MethodResult:
-        adapter, layers, searched = bundle.adapter, {}, {}
+    def plan(self, bundle, calib) -> SequentialPlan:
+        adapter, layers, searched = bundle.adapter, [], {}
+        chains = adapter.chains(bundle.model.config)
 
-        def plan(i, block):
-            rec = _BlockRecorder(adapter)
+        def steps(i, block):
+            rec = _BlockRecorder(self._targets(adapter, block, chains))
 
+            @torch.no_grad()
             def compress(stats):
-                searched[i] = self._block(adapter, block, stats["rec"])
+                searched[i] = self._block(adapter, block, chains, stats["rec"])
                 for role, module in adapter.block_linears(block).items():
                     q = rtn(adapter.weight_matrix(module), self.config.bits, self.config.group_size, sym=False, include_zero=False)
-                    layers[f"{adapter.blocks}.{i}.{adapter.linears[role]}"] = layer_record(q, install(block, adapter.linears[role], module, q))
+                    layers.append(layer_report(adapter.layer_name(i, role), role, q, install(block, adapter.role_path(role), module, q)))
 
             return [Step({"rec": rec}, compress=compress)]
 
-        CalibrationEngine(bundle, calib).run(plan, propagate_error=False, desc="awq")
-        path, details, notes = summarize(layers)
-        details["search"] = searched
-        notes.append("activation statistics from the unquantized model (no error propagation), as the reference")
-        return MethodResult(execution_path=path, details=details, notes=notes)
+        def finish(report) -> MethodResult:
+            path, details, notes = summarize(layers)
+            details["search"] = searched
+            notes.append("activation statistics from the unquantized model (no error propagation), as the reference")
+            return MethodResult(execution_path=path, details=details, notes=notes, layers=layers)
+
+        return SequentialPlan(steps, finish, propagate_error=False, desc="awq")
+
+    @staticmethod
+    def _module(adapter, block, name: str) -> nn.Module:
+        """A chain's inspected module: a sublayer (``attn``/``mlp``) or a linear role."""
+        return get_path(block, adapter.role_path(name) if name in adapter.linears else getattr(adapter, name))
+
+    @staticmethod
+    def _norm_fed(adapter, chains) -> dict[str, str]:
+        """Linear role -> the sublayer whose (normed) input it reads, for the norm-fed linears."""
+        return {r: c.inspect for c in chains if c.prev in adapter.norms for r in c.roles}
+
+    def _targets(self, adapter, block, chains) -> dict[str, nn.Module]:
+        """What to record: the inspected sublayers and the input of every linear not fed by a norm."""
+        fed = self._norm_fed(adapter, chains)
+        targets = {c.inspect: self._module(adapter, block, c.inspect) for c in chains if c.inspect not in adapter.linears}
+        targets.update({r: m for r, m in adapter.block_linears(block).items() if r not in fed})
+        return targets
 
     # -- one block -------------------------------------------------------------------------------
-    def _block(self, adapter, block, calls) -> dict:
+    def _block(self, adapter, block, chains, calls) -> dict:
         cfg, lin = self.config, adapter.block_linears(block)
-        attn, mlp = get_path(block, adapter.attn), get_path(block, adapter.mlp)
-        x_attn = [_hidden(a, k) for a, k in calls["attn"]]  # per sample [1, T, D]
-        x_mlp = [_hidden(a, k) for a, k in calls["mlp"]]
-        x_o = [_hidden(a, k) for a, k in calls["o"]]
-        x_down = [_hidden(a, k) for a, k in calls["down"]]
-        inputs = {"q": x_attn, "k": x_attn, "v": x_attn, "o": x_o, "gate": x_mlp, "up": x_mlp, "down": x_down}
+        hidden = {key: [_hidden(a, k) for a, k in c] for key, c in calls.items()}  # per sample [1, T, D]
+        fed = self._norm_fed(adapter, chains)
+        inputs = {r: hidden[fed.get(r, r)] for r in lin}  # what each linear reads
         record: dict = {}
         if cfg.auto_scale:  # all searches on the untouched block, then all scales applied (as the reference)
-            groups = [("attn_in", ("q", "k", "v"), lambda x, j: _call(attn, *calls["attn"][j], x), x_attn)]
-            if lin["v"].weight.shape == lin["o"].weight.shape:
-                groups.append(("v", ("o",), lambda x, j: lin["o"](x), x_o))
-            groups.append(("mlp_in", ("gate", "up"), lambda x, j: _call(mlp, *calls["mlp"][j], x), x_mlp))
-            groups.append(("up", ("down",), lambda x, j: lin["down"](x), x_down))
-            found = [(prev, roles, *self._search_scale([lin[r] for r in roles], inspect, xs, adapter)) for prev, roles, inspect, xs in groups]
-            for prev, roles, s, ratio in found:
-                self._apply_scale(adapter, block, prev, [lin[r] for r in roles], s)
-                scaled = [x / s for x in inputs[roles[0]]]  # the clipping search sees the scaled inputs
-                inputs.update({r: scaled for r in roles})
-                record[f"{prev}->{','.join(roles)}"] = ratio
+            found = []
+            for c in chains:
+                module = self._module(adapter, block, c.inspect)
+                if c.inspect in adapter.linears:
+                    inspect = lambda x, j, m=module: m(x)  # noqa: E731
+                else:
+                    inspect = lambda x, j, m=module, key=c.inspect: _call(m, *calls[key][j], x)  # noqa: E731
+                found.append((c, *self._search_scale([lin[r] for r in c.roles], inspect, inputs[c.roles[0]], adapter)))
+            for c, s, ratio in found:
+                self._apply_scale(adapter, block, c.prev, [lin[r] for r in c.roles], s)
+                scaled = [x / s for x in inputs[c.roles[0]]]  # the clipping search sees the scaled inputs
+                inputs.update({r: scaled for r in c.roles})
+                record[f"{c.prev}->{','.join(c.roles)}"] = ratio
         if cfg.auto_clip:
             for role, module in lin.items():
-                if role not in NO_CLIP_ROLES:
+                if role not in NO_CLIP_ROLES and role in inputs:
                     self._clip(adapter.weight_matrix(module), torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs[role]]))
         return record
 

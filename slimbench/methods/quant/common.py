@@ -30,8 +30,11 @@ from torch import nn
 from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import QuantLinear, num_groups
 from slimbench.models.adapters import set_path
+from slimbench.records import LayerReport
 
 BITS = (2, 3, 4, 8)
+# the model forms a weight quantizer can work on: plain float layers (pruned zeros stay exact zeros) and low-rank factors
+QUANT_ACCEPTS = frozenset({"dense", "masked", "sliced", "dropped", "factored"})
 
 
 def check_format(bits: int, group_size: int) -> None:
@@ -112,21 +115,22 @@ def install(root: nn.Module, path: str, module: nn.Module, q: Quantized, layout:
     return qlinear
 
 
-def layer_record(q: Quantized, qlinear: QuantLinear) -> dict:
+def layer_report(name: str, role: str, q: Quantized, qlinear: QuantLinear, error: float | None = None, error_kind: str | None = None) -> LayerReport:
+    """The typed per-layer report of one quantized linear."""
     k = q.codes.shape[1]
     groups = group_slices(k, q.group_size)
-    partial = groups[-1].stop - groups[-1].start if q.group_size > 0 and k % q.group_size else None
-    rec = {"bits": q.bits, "group_size": q.group_size, "groups": num_groups(k, q.group_size), "layout": qlinear.layout, "path": qlinear.execution_path}
-    if partial:
-        rec["last_partial_group"] = partial
+    extra: dict = {"groups": num_groups(k, q.group_size), "layout": qlinear.layout}
+    if q.group_size > 0 and k % q.group_size:
+        extra["last_partial_group"] = groups[-1].stop - groups[-1].start
     if qlinear.kernel_group and qlinear.kernel_group != (k if q.group_size <= 0 else q.group_size):
-        rec["kernel_group"] = qlinear.kernel_group
-    return rec
+        extra["kernel_group"] = qlinear.kernel_group
+    return LayerReport(name, role, "quantized", bits=q.bits, group_size=q.group_size, path=qlinear.execution_path,
+                       error=error, error_kind=error_kind if error is not None else None, extra=extra)
 
 
-def summarize(layers: dict[str, dict]) -> tuple[str, dict, list[str]]:
-    """(execution path of the model, details, notes) from per-layer records."""
-    paths = Counter(r["path"] for r in layers.values())
+def summarize(layers: list[LayerReport]) -> tuple[str, dict, list[str]]:
+    """(execution path of the model, details, notes) from the per-layer reports."""
+    paths = Counter(r.path for r in layers)
     if "simulated" in paths:
         path = "simulated"
     else:
@@ -136,19 +140,18 @@ def summarize(layers: dict[str, dict]) -> tuple[str, dict, list[str]]:
         notes.append("layers run different paths: " + ", ".join(f"{n} {p}" for p, n in sorted(paths.items())) + f"; reported as {path}")
     if paths.get("simulated"):
         notes.append("simulated layers dequantize packed codes to float on every forward (no kernel for this format on this device)")
-    if any(r.get("layout") in ("int8", "int4-cpu") for r in layers.values()):
+    if any(r.extra.get("layout") in ("int8", "int4-cpu") for r in layers):
         notes.append("CPU weight-only kernels compute with bfloat16 activations and bfloat16 scales (their vectorized path)")
-    partial = {r["last_partial_group"] for r in layers.values() if "last_partial_group" in r}
+    partial = {r.extra["last_partial_group"] for r in layers if "last_partial_group" in r.extra}
     if partial:
         notes.append(f"K not a multiple of the group size: the last group of those rows has {sorted(partial)} columns, quantized with its own scale/zero")
-    kg = {r["kernel_group"] for r in layers.values() if "kernel_group" in r}
+    kg = {r.extra["kernel_group"] for r in layers if "kernel_group" in r.extra}
     if kg:
         notes.append(f"int4 kernel runs with kernel group(s) {sorted(kg)}: each method group's scale/zero is repeated over kernel groups (bytes counted as stored)")
-    weights = sum(1 for _ in layers)
-    details = {"layers": layers, "paths": dict(paths), "quantized_linears": weights}
-    return path, details, notes
+    return path, {"paths": dict(paths), "quantized_linears": len(layers)}, notes
 
 
-def mean_bits(layers: dict[str, dict], sizes: dict[str, int]) -> float:
+def mean_bits(bits: dict[str, int], sizes: dict[str, int]) -> float:
+    """Weight-averaged bit width of the layers ``bits`` (name -> bits), weights ``sizes``."""
     total = sum(sizes.values())
-    return sum(layers[n]["bits"] * sizes[n] for n in layers) / total if total else math.nan
+    return sum(bits[n] * sizes[n] for n in bits) / total if total else math.nan

@@ -17,6 +17,10 @@ Static groups fit all grids on the un-updated W before the loop. A last partial 
 multiple of the group size) is fitted on its remaining columns, as the reference does.
 act-order with groups requires static groups here: without them the reference's groups follow
 the permuted column order and a packed format would need a per-column group index.
+``preserve_zeros`` (for pipelines after pruning, as llm-compressor's GPTQ): weights that are exactly
+zero before quantization stay zero (their quantized value is forced to 0, which every grid here
+represents exactly, and the difference is propagated like any quantization error), so the
+sparsity of an earlier pruning stage survives. A model without exact zeros is unaffected.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.calibration import CalibrationEngine, LinearInputs, Step
+from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import num_groups
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
 from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
-from slimbench.methods.quant.common import Quantized, check_format, from_codes, group_slices, install, layer_record, minmax_params, summarize, to_codes
+from slimbench.methods.quant.common import (
+    QUANT_ACCEPTS, Quantized, check_format, from_codes, group_slices, install, layer_report, minmax_params, summarize, to_codes,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class GPTQConfig:
     percdamp: float = 0.01
     blocksize: int = 128
     propagate_error: bool = True
+    preserve_zeros: bool = True  # exact zeros (an earlier pruning stage's) stay zero
 
     def __post_init__(self) -> None:
         check_format(self.bits, self.group_size)
@@ -59,6 +66,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     """Quantize w [N, K] with Hessian h [K, K]; returns the codes and the reference's loss."""
     w, h = w.detach().float().clone(), h.clone()
     n, k = w.shape
+    keep = (w != 0) if cfg.preserve_zeros and not bool((w != 0).all()) else None  # [N, K] False = a zero to preserve
     row_grid = [minmax_params(w, cfg.bits, cfg.sym)] if cfg.group_size <= 0 else None  # before dead columns are zeroed, as the reference
     h, dead = mark_dead_inputs(h)
     w[:, dead] = 0
@@ -66,6 +74,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     grids = row_grid or static
     perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k)
     w, h = w[:, perm], h[perm][:, perm]
+    keep = None if keep is None else keep[:, perm]
     hinv = inverse_cholesky_upper(dampen(h, cfg.percdamp))
 
     codes = torch.zeros(n, k, dtype=torch.int32, device=w.device)
@@ -90,6 +99,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
                     scales[:, g], zeros[:, g] = scale, zero
             col_w, d = w1[:, i], hinv1[i, i]
             q = to_codes(col_w[:, None], scale, zero, cfg.bits)[:, 0]  # [N]
+            if keep is not None:  # a preserved zero takes the zero point's code: dequantizes to exactly 0
+                q = torch.where(keep[:, col], q, zero.round().to(q.dtype))
             col_q = from_codes(q[:, None], scale, zero)[:, 0]
             codes[:, col] = q
             loss += float(((col_w - col_q) ** 2).sum() / d**2) / 2
@@ -114,43 +125,31 @@ def sequential_groups(adapter, roles: list[str], true_sequential: bool) -> list[
     return out
 
 
-@METHODS.register("gptq")
-class GPTQ:
-    name = "gptq"
-    Config = GPTQConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
+@register_method("gptq", config=GPTQConfig, family="quantization", produces="quantized", calibration=True, accepts=QUANT_ACCEPTS)
+class GPTQ(MethodBase):
+    def plan(self, bundle, calib) -> SequentialPlan:
+        adapter, layers = bundle.adapter, []
 
-    def __init__(self, config: GPTQConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
-    @torch.no_grad()
-    def apply(self, bundle, calib) -> MethodResult:
-        adapter, layers, losses = bundle.adapter, {}, {}
-
-        def plan(i, block):
+        def steps(i, block):
             linears = adapter.block_linears(block)
-            return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers, losses))
+            return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers))
                     for group in sequential_groups(adapter, list(linears), self.config.true_sequential)]
 
-        engine = CalibrationEngine(bundle, calib)
-        report = engine.run(plan, propagate_error=self.config.propagate_error, desc="gptq")
-        path, details, notes = summarize(layers)
-        details.update({"reconstruction_loss": losses, "calibration_tokens": report.samples * report.tokens_per_sample})
-        return MethodResult(execution_path=path, details=details, notes=notes)
+        def finish(report) -> MethodResult:
+            path, details, notes = summarize(layers)
+            details["calibration_tokens"] = report.samples * report.tokens_per_sample
+            return MethodResult(execution_path=path, details=details, notes=notes, layers=layers)
 
-    def _compress_fn(self, adapter, block, index, roles, layers, losses):
+        return SequentialPlan(steps, finish, propagate_error=self.config.propagate_error, desc="gptq")
+
+    def _compress_fn(self, adapter, block, index, roles, layers):
+        @torch.no_grad()
         def compress(stats):
             linears = adapter.block_linears(block)
             for role in roles:
-                module, path = linears[role], adapter.linears[role]
+                module, path = linears[role], adapter.role_path(role)
                 q, loss = gptq_quantize(adapter.weight_matrix(module), hessian_from_gram(stats["x"][role].gram, stats["x"][role].tokens), self.config)
-                name = f"{adapter.blocks}.{index}.{path}"
-                layers[name] = layer_record(q, install(block, path, module, q))
-                losses[name] = round(loss, 6)
+                layers.append(layer_report(adapter.layer_name(index, role), role, q, install(block, path, module, q), round(loss, 6), "gptq loss"))
             return None
 
         return compress

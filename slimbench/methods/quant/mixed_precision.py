@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from itertools import islice
 from typing import Callable
 
 import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs, Step
 from slimbench.errors import ConfigError
-from slimbench.methods.base import METHODS, MethodResult
+from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.hessian import hessian_from_gram
-from slimbench.methods.quant.common import check_format, install, layer_record, rtn, summarize
+from slimbench.methods.quant.common import QUANT_ACCEPTS, check_format, install, layer_report, mean_bits, rtn, summarize
 from slimbench.methods.quant.gptq import GPTQConfig, gptq_quantize, sequential_groups
 
 
@@ -107,58 +106,45 @@ def largest_within_budget(n: int, within: Callable[[int], bool]) -> tuple[int, b
     return lo, True
 
 
-@torch.no_grad()
-def window_perplexity(model, windows: list[dict]) -> float:
-    """exp(mean over windows of the window's mean token NLL): the perplexity protocol's formula."""
-    nll = [float(model(**w, labels=w["input_ids"]).loss) for w in windows]
-    return math.exp(sum(nll) / len(nll))
-
-
-@METHODS.register("mixed_precision")
-class MixedPrecision:
-    name = "mixed_precision"
-    Config = MixedPrecisionConfig
-    requires_calibration = True
-    kinds = ("causal_lm",)
-
-    def __init__(self, config: MixedPrecisionConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("mixed_precision", config=MixedPrecisionConfig, family="quantization", produces="quantized", calibration=True,
+                 accepts=QUANT_ACCEPTS)
+class MixedPrecision(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg, adapter = self.config, bundle.adapter
         engine = CalibrationEngine(bundle, calib)
         roles = tuple(adapter.linears)
-        stats = engine.collect(lambda i, b: {"x": LinearInputs([r for r in roles if r in adapter.block_linears(b)], {"sq_sum"})}, cache_key="sq_sum:" + ",".join(roles), desc="hessian trace")
+        stats = engine.collect(lambda i, b: {"x": LinearInputs(list(adapter.block_linears(b)), {"sq_sum"})}, cache_key="sq_sum:" + ",".join(roles), desc="hessian trace")
         cost, sizes, traces = self._sensitivities(adapter, bundle.model, stats)
         search: dict = {}
         if cfg.budget == "bits":
             bits, k = assign_bits(cost, sizes, cfg.bits_low, cfg.bits_high, cfg.target_bits)
         else:
-            bits, k, search = self._search_budget(bundle, calib, cost)
-        layers = self._quantize(bundle, calib, engine, bits)
+            bits, k, search = self._search_budget(bundle, engine, cost)
+        layers = self._quantize(bundle, engine, bits)
         path, details, notes = summarize(layers)
-        mean = sum(bits[n] * sizes[n] for n in bits) / sum(sizes.values())
+        mean = mean_bits(bits, sizes)
         details.update({"budget": cfg.budget, "assigned_mean_bits": mean, "layers_low": k, "hessian_mean_diag": traces,
                         "sensitivity_per_bit": cost, **({"budget_search": search} if search else {})})
         notes.append(f"{k} of {len(bits)} linears at {cfg.bits_low} bits, the rest at {cfg.bits_high}: mean {mean:.3f} bits/weight before scales")
         if search and not search["met"]:
             notes.append(f"perplexity budget not met even with every linear at {cfg.bits_high} bits "
                          f"({search['ppl_all_high']:.4g} > {search['ppl_limit']:.4g}): all linears kept at {cfg.bits_high} bits")
-        return MethodResult(execution_path=path, details=details, notes=notes)
+        return MethodResult(execution_path=path, details=details, notes=notes, layers=layers)
 
     @torch.no_grad()
-    def _search_budget(self, bundle, calib, cost) -> tuple[dict[str, int], int, dict]:
+    def _search_budget(self, bundle, engine, cost) -> tuple[dict[str, int], int, dict]:
         """The paper's criterion: the most layers at ``bits_low`` whose RTN fake-quantized model keeps
         the calibration-window perplexity within (1 + ppl_budget) x the unquantized model's."""
         cfg, model = self.config, bundle.model
         order = sorted(cost, key=lambda n: (cost[n], n))
         modules = dict(model.named_modules())
-        windows = list(islice(calib.samples(), cfg.budget_samples))
-        reference = window_perplexity(model, windows)
+        windows = list(engine.calib.samples(cfg.budget_samples))
+
+        def perplexity() -> float:  # exp(mean over windows of the window's mean token NLL)
+            return math.exp(float(engine.objective(windows).mean()))
+
+        reference = perplexity()
         limit = (1 + cfg.ppl_budget) * reference
         originals = {name: bundle.adapter.weight_matrix(modules[name]).detach().clone() for name in order}  # restored after each try
         fake = {}  # name -> {bits: dequantized weight}, computed once per layer and width
@@ -175,7 +161,7 @@ class MixedPrecision:
             try:
                 for i, name in enumerate(order):
                     bundle.adapter.weight_matrix(modules[name]).copy_(fake_weight(name, cfg.bits_low if i < k else cfg.bits_high))
-                tried[k] = window_perplexity(model, windows)
+                tried[k] = perplexity()
             finally:
                 for name, w0 in originals.items():
                     bundle.adapter.weight_matrix(modules[name]).copy_(w0)
@@ -192,7 +178,7 @@ class MixedPrecision:
         cost, sizes, traces = {}, {}, {}
         for i, block in enumerate(adapter.get_blocks(model)):
             for role, module in adapter.block_linears(block).items():
-                name = f"{adapter.blocks}.{i}.{adapter.linears[role]}"
+                name = adapter.layer_name(i, role)
                 st = stats[i]["x"][role]
                 t = float(2 * st.sq_sum.sum() / st.tokens) / st.sq_sum.numel()  # mean diag of H = 2/n Σ xxᵀ
                 w = adapter.weight_matrix(module)
@@ -201,18 +187,18 @@ class MixedPrecision:
                 cost[name] = drop / (w.numel() * (cfg.bits_high - cfg.bits_low))
         return cost, sizes, traces
 
-    def _quantize(self, bundle, calib, engine, bits) -> dict:
-        cfg, adapter, layers = self.config, bundle.adapter, {}
+    def _quantize(self, bundle, engine, bits) -> list:
+        cfg, adapter, layers = self.config, bundle.adapter, []
 
         def quantize(block, i, role, h):
-            module, path = adapter.block_linears(block)[role], adapter.linears[role]
-            name = f"{adapter.blocks}.{i}.{path}"
+            module, path = adapter.block_linears(block)[role], adapter.role_path(role)
+            name = adapter.layer_name(i, role)
             w = adapter.weight_matrix(module)
             if h is None:
-                q = rtn(w, bits[name], cfg.group_size, cfg.sym)
+                q, loss = rtn(w, bits[name], cfg.group_size, cfg.sym), None
             else:
-                q, _ = gptq_quantize(w, h, replace(GPTQConfig(group_size=cfg.group_size, sym=cfg.sym), bits=bits[name]))
-            layers[name] = layer_record(q, install(block, path, module, q))
+                q, loss = gptq_quantize(w, h, replace(GPTQConfig(group_size=cfg.group_size, sym=cfg.sym), bits=bits[name]))
+            layers.append(layer_report(name, role, q, install(block, path, module, q), loss, "gptq loss"))
 
         if cfg.quantizer == "rtn":
             for i, block in enumerate(adapter.get_blocks(bundle.model)):

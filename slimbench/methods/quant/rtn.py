@@ -7,6 +7,8 @@ Algorithm, for every compressible linear of every block (no calibration):
      of ``slimbench.methods.quant.common`` (asymmetric by default, range widened to include 0);
   2. q = clamp(round(w/s) + z, 0, 2^bits − 1); store q packed with s and z in a ``QuantLinear``.
 Execution path: int4/int8 kernels where the format has one on this device, else ``simulated``.
+In a pipeline RTN also quantizes pruned weights (a zero maps exactly to the zero point) and
+the two factors of low-rank layers.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from slimbench.methods.base import METHODS, MethodResult
-from slimbench.methods.quant.common import check_format, install, layer_record, rtn, summarize
+from slimbench.methods.base import MethodBase, MethodResult, register_method
+from slimbench.methods.quant.common import QUANT_ACCEPTS, check_format, install, layer_report, rtn, summarize
 
 
 @dataclass(frozen=True)
@@ -29,25 +31,16 @@ class RTNConfig:
         check_format(self.bits, self.group_size)
 
 
-@METHODS.register("rtn")
-class RTN:
-    name = "rtn"
-    Config = RTNConfig
-    requires_calibration = False
-    kinds = ("causal_lm", "diffusion")
-
-    def __init__(self, config: RTNConfig) -> None:
-        self.config = config
-
-    def check(self, adapter) -> None:
-        return None
-
+@register_method("rtn", config=RTNConfig, family="quantization", produces="quantized", kinds=("causal_lm", "diffusion"),
+                 accepts=QUANT_ACCEPTS)
+class RTN(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg, adapter = self.config, bundle.adapter
-        layers = {}
-        for name, module in adapter.linear_paths(bundle.model).items():
-            q = rtn(adapter.weight_matrix(module), cfg.bits, cfg.group_size, cfg.sym)  # [out, in]
-            layers[name] = layer_record(q, install(bundle.model, name, module, q))
+        layers = []
+        for i, block in enumerate(adapter.get_blocks(bundle.model)):
+            for role, module in adapter.block_linears(block).items():
+                q = rtn(adapter.weight_matrix(module), cfg.bits, cfg.group_size, cfg.sym)  # [out, in]
+                layers.append(layer_report(adapter.layer_name(i, role), role, q, install(block, adapter.role_path(role), module, q)))
         path, details, notes = summarize(layers)
-        return MethodResult(execution_path=path, details=details, notes=notes)
+        return MethodResult(execution_path=path, details=details, notes=notes, layers=layers)

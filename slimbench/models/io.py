@@ -1,0 +1,124 @@
+"""How to call a model of each kind: what a calibration sample is, example inputs, the output,
+and the whole-model objective. The calibration engine, the evaluators and the methods stay
+kind-neutral by going through ``bundle.io``.
+
+* ``causal_lm``: a sample is a token window ``{"input_ids": [B, T]}``; the output is the logits;
+  the objective is the mean next-token NLL of each window (the perplexity protocol's formula).
+* ``slimbench_dit``: a sample is a denoiser call ``{"x": x_t [B, C, H, W], "t": [B], "y": [B]}``
+  drawn along a DDIM sampling trajectory of the model itself; the output is the predicted noise.
+
+An adapter names its IO (``Adapter.io``); ``MODEL_IO`` holds one instance per name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimbench.registry import Registry
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class CausalLMIO:
+    kind: ClassVar[str] = "causal_lm"
+    calibration_sources: ClassVar[str] = "text corpora"
+
+    def sample(self, ids: torch.Tensor) -> dict:
+        """Model inputs for token windows ``ids`` [B, T] (no KV cache: calibration and scoring)."""
+        return {"input_ids": ids, "use_cache": False}
+
+    def forward(self, model: nn.Module, sample: dict) -> torch.Tensor:
+        return model(**_to(sample, model_device(model))).logits  # [B, T, V]
+
+    def example_inputs(self, model: nn.Module, batch: int, length: int, generator: torch.Generator) -> dict:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        return self.sample(torch.randint(0, vocab, (batch, length), generator=generator))
+
+    def objective(self, model: nn.Module, sample: dict) -> torch.Tensor:
+        """Mean next-token NLL of each window [B] (float32; differentiable)."""
+        ids = sample["input_ids"].to(model_device(model))
+        logits = model(**{**sample, "input_ids": ids}).logits  # [B, T, V]
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+        return nll.view(ids.shape[0], -1).mean(dim=1)
+
+    def crop(self, sample: dict, length: int | None) -> dict:
+        """The first ``length`` tokens of each window (None: unchanged)."""
+        return sample if length is None else {**sample, "input_ids": sample["input_ids"][:, :length]}
+
+
+@dataclass(frozen=True)
+class DiTSchedule:
+    """The training schedule of a DDPM-trained DiT (the MNIST DiT's: T = 1000, linear betas)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+
+class DiTIO:
+    kind: ClassVar[str] = "diffusion"
+    calibration_sources: ClassVar[str] = "sampling trajectories"
+    schedule = DiTSchedule()
+
+    def denoise(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, t, y)  # [B, C, H, W] predicted noise
+
+    def sample(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> dict:
+        return {"x": x, "t": t, "y": y}
+
+    def forward(self, model: nn.Module, sample: dict) -> torch.Tensor:
+        s = _to(sample, model_device(model))
+        return self.denoise(model, s["x"], s["t"], s["y"])
+
+    def example_inputs(self, model: nn.Module, batch: int, length: int | None, generator: torch.Generator) -> dict:
+        """A denoiser call at the middle of the schedule (the cost does not depend on t)."""
+        arch = model.config
+        x = torch.randn(batch, arch.channels, arch.img_size, arch.img_size, generator=generator)
+        t = torch.full((batch,), self.schedule.num_train_timesteps // 2, dtype=torch.long)
+        y = torch.randint(0, arch.num_classes, (batch,), generator=generator)
+        return self.sample(x, t, y)
+
+    def objective(self, model: nn.Module, sample: dict) -> torch.Tensor:
+        raise NotImplementedError("no whole-model objective is defined for diffusion models")
+
+    def trajectory(self, model: nn.Module, images: int, steps: int, seed: int) -> Iterator[dict]:
+        """The denoiser inputs along a deterministic DDIM run (η = 0) of ``images`` images with
+        seeded noise and classes: one sample per step, batch = ``images``."""
+        from diffusers import DDIMScheduler
+
+        s = self.schedule
+        scheduler = DDIMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
+                                  beta_schedule="linear", clip_sample=False, set_alpha_to_one=False)
+        scheduler.set_timesteps(steps)
+        arch, device = model.config, model_device(model)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(images, arch.channels, arch.img_size, arch.img_size, generator=gen)
+        y = torch.randint(0, arch.num_classes, (images,), generator=gen)
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                tt = torch.full((images,), int(t), dtype=torch.long)
+                yield self.sample(x.clone(), tt, y.clone())
+                eps = self.denoise(model, x.to(device), tt.to(device), y.to(device)).cpu()
+                x = scheduler.step(eps, t, x).prev_sample
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device == device else obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+MODEL_IO: Registry = Registry("model I/O")
+MODEL_IO.register("causal_lm", CausalLMIO())
+MODEL_IO.register("slimbench_dit", DiTIO())
