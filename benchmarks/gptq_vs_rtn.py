@@ -138,12 +138,12 @@ def main() -> None:
             gptq_module.gptq_quantize = original
         if rows:  # true-sequential order within a block
             first = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])
-            roles = [r for group in gptq_module.sequential_groups(bundle.adapter, list(first), True) for r in group]
+            roles = [r for group in bundle.adapter.observation_groups(list(first), True) for r in group]
             print_layer_errors(rows, roles)
         if args.skip_ppl:
             print(f"{name:14s} compress {t:7.1f} s", flush=True)
             continue
-        losses = report.details.get("reconstruction_loss", {})
+        losses = {x.name: x.error for s in report.stages for x in s.layers if x.error is not None}
         ppl_installed = perplexity(bundle, args.data_dir, args.windows, 2048)
         converted = to_fp32_simulated(bundle.model)
         ppl_fp32 = perplexity(bundle, args.data_dir, args.windows, 2048) if converted else ppl_installed

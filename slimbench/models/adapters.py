@@ -163,6 +163,18 @@ class Adapter:
                 return tuple(f"{r}.{part}" if part else r for r in group)
         return (role,)
 
+    def observation_groups(self, roles: list[str] | tuple[str, ...], sequential: bool) -> list[tuple[str, ...]]:
+        """``roles`` in observe-then-compress order: all at once, or (``sequential``, the
+        references' true-sequential order) one group per shared input: q/k/v, o, gate/up, down."""
+        if not sequential:
+            return [tuple(roles)]
+        out: list[tuple[str, ...]] = []
+        for role in roles:
+            group = tuple(r for r in self.input_group(role) if r in roles)
+            if group not in out:
+                out.append(group)
+        return out
+
     def uses_mha(self, config: Any) -> bool:
         heads, kv, _ = self.attention_geometry(config)
         return heads == kv

@@ -110,18 +110,6 @@ def _prune_block(w1, hinv1, sparsity, nm):
     return q1, err1, loss
 
 
-def _role_groups(adapter, roles: tuple[str, ...], sequential: bool) -> list[tuple[str, ...]]:
-    """All roles in one group, or one group per shared input (q/k/v, o, gate/up, down)."""
-    if not sequential:
-        return [roles]
-    groups: list[tuple[str, ...]] = []
-    for role in roles:
-        group = tuple(r for r in adapter.input_group(role) if r in roles)
-        if group not in groups:
-            groups.append(group)
-    return groups
-
-
 @register_method("sparsegpt", config=SparseGPTConfig, family="pruning", produces="masked", calibration=True)
 class SparseGPT(MethodBase):
     def check(self, adapter) -> None:
@@ -138,7 +126,7 @@ class SparseGPT(MethodBase):
                 return []
             linears = adapter.block_linears(block)
             return [Step({"in": LinearInputs(g, {"gram"})}, self._compressor(adapter, linears, i, g, layers))
-                    for g in _role_groups(adapter, tuple(linears), cfg.true_sequential)]
+                    for g in adapter.observation_groups(tuple(linears), cfg.true_sequential)]
 
         def finish(report) -> MethodResult:
             notes = [f"{nm[0]}:{nm[1]} pattern stored dense: no sparse kernel is used" if nm else "unstructured zeros stored dense",

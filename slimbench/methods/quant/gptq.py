@@ -112,19 +112,6 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), loss
 
 
-def sequential_groups(adapter, roles: list[str], true_sequential: bool) -> list[tuple[str, ...]]:
-    """Roles in observe-then-quantize order: one group per shared input, or all at once."""
-    if not true_sequential:
-        return [tuple(roles)]
-    out, seen = [], set()
-    for role in roles:
-        if role not in seen:
-            group = tuple(r for r in adapter.input_group(role) if r in roles)
-            out.append(group)
-            seen.update(group)
-    return out
-
-
 @register_method("gptq", config=GPTQConfig, family="quantization", produces="quantized", calibration=True, accepts=QUANT_ACCEPTS)
 class GPTQ(MethodBase):
     def plan(self, bundle, calib) -> SequentialPlan:
@@ -133,7 +120,7 @@ class GPTQ(MethodBase):
         def steps(i, block):
             linears = adapter.block_linears(block)
             return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers))
-                    for group in sequential_groups(adapter, list(linears), self.config.true_sequential)]
+                    for group in adapter.observation_groups(list(linears), self.config.true_sequential)]
 
         def finish(report) -> MethodResult:
             path, details, notes = summarize(layers)

@@ -35,7 +35,7 @@ from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.hessian import hessian_from_gram
 from slimbench.methods.quant.common import QUANT_ACCEPTS, check_format, install, layer_report, mean_bits, rtn, summarize
-from slimbench.methods.quant.gptq import GPTQConfig, gptq_quantize, sequential_groups
+from slimbench.methods.quant.gptq import GPTQConfig, gptq_quantize
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class MixedPrecision(MethodBase):
             def step(group):
                 return Step({"x": LinearInputs(group, {"gram"})}, compress=lambda st: [quantize(block, i, r, hessian_from_gram(st["x"][r].gram, st["x"][r].tokens)) for r in group] and None)
 
-            return [step(g) for g in sequential_groups(adapter, list(adapter.block_linears(block)), True)]
+            return [step(g) for g in adapter.observation_groups(list(adapter.block_linears(block)), True)]
 
         engine.run(plan, propagate_error=True, desc="mixed precision")
         return layers
