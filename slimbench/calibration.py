@@ -360,7 +360,7 @@ class CalibrationEngine:
         each window). With ``backward``, each sample's objective is back-propagated and
         ``backward(i)`` is called while its gradients are in place (FWSVD's Fisher pass)."""
         samples = list(self.calib.samples() if samples is None else samples)
-        out = torch.empty(len(samples), dtype=torch.float64)
+        out = torch.empty(len(samples), dtype=torch.float64, device="cpu")  # host-side results
         io = self.bundle.io
         with torch.set_grad_enabled(backward is not None):
             for i, sample in enumerate(tqdm(samples, desc=desc, unit="sample", mininterval=2.0, disable=desc is None or not self.progress)):

@@ -42,7 +42,7 @@ class PerplexityConfig:
 def window_nlls(bundle, windows: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:
     """Mean token NLL of each window [n_windows, seqlen] -> [n_windows] (float64), by the model
     kind's objective (``bundle.io.objective``); runtime hooks' state is reset per batch."""
-    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    out = torch.empty(windows.shape[0], dtype=torch.float64, device="cpu")  # host-side results
     with torch.inference_mode(), tqdm(total=windows.shape[0], desc=desc, unit="win", mininterval=2.0) as bar:
         for start in range(0, windows.shape[0], batch_size):
             ids = windows[start : start + batch_size]  # [B, T]

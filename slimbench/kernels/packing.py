@@ -80,14 +80,14 @@ def to_int4pack_cpu(codes: torch.Tensor) -> torch.Tensor:
 @lru_cache(maxsize=64)
 def _int4pack_cpu_source(n: int, k: int) -> torch.Tensor:
     """For each nibble of the packed layout (low then high of each byte), its flat index n·K+k."""
-    index = torch.arange(n * k, dtype=torch.int64).reshape(n, k)
-    source = torch.zeros(n * k, dtype=torch.int64)
+    index = torch.arange(n * k, dtype=torch.int64, device="cpu").reshape(n, k)  # the CPU kernel's layout
+    source = torch.zeros(n * k, dtype=torch.int64, device="cpu")
     shift = 0
     while (1 << shift) < n * k:
         packed = to_int4pack_cpu((index >> shift) & 15)
         source |= _nibbles(packed).to(torch.int64) << shift
         shift += 4
-    if not torch.equal(torch.sort(source).values, torch.arange(n * k)):
+    if not torch.equal(torch.sort(source).values, torch.arange(n * k, device="cpu")):
         raise RuntimeError("the CPU int4 pack layout is not a permutation of the codes")
     return source
 
@@ -99,6 +99,6 @@ def _nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 def from_int4pack_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """Inverse of ``to_int4pack_cpu``: the [N, K] int32 codes."""
-    codes = torch.empty(n * k, dtype=torch.int32)
+    codes = torch.empty(n * k, dtype=torch.int32, device="cpu")
     codes[_int4pack_cpu_source(n, k)] = _nibbles(packed)
     return codes.reshape(n, k)

@@ -184,7 +184,7 @@ def _build_int4_cpu(codes, scales, zeros, bits, group_size):
     kg = int4_cpu_kernel_group(k, group_size)
     if bits != 4 or kg is None or n % 16:
         raise ValueError(f"layout int4-cpu needs 4-bit codes, N % 16 == 0 and a kernel group for K={k}, group {group_size}")
-    cols = torch.arange(0, k, kg)  # first column of each kernel group
+    cols = torch.arange(0, k, kg, device=scales.device)  # first column of each kernel group
     s = expand_groups(scales, k, group_size)[:, cols]  # [N, K/kg]
     z = expand_groups(zeros, k, group_size)[:, cols]
     s16 = s.to(KERNEL_ACT_DTYPE)
@@ -217,7 +217,10 @@ def _fwd_int4_cpu(m, x):
 def _fwd_w8a8(m, x):
     xs = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-5) / 127  # [M, 1] per-token scale
     xq = torch.round(x.float() / xs).clamp(-127, 127).to(torch.int8)
-    return torch._int_mm(xq.contiguous(), m.qweight.t()).float() * xs * m.wscale
+    rows = xq.shape[0]
+    if xq.is_cuda and (rows <= 16 or rows % 8):  # CUDA's _int_mm needs M > 16 and M % 8 == 0: pad with zero rows
+        xq = torch.nn.functional.pad(xq, (0, 0, 0, max(24, -(-rows // 8) * 8) - rows))
+    return torch._int_mm(xq.contiguous(), m.qweight.t())[:rows].float() * xs * m.wscale
 
 
 def _fwd_packed(m, x):
@@ -255,7 +258,7 @@ def _zp_int4_cpu(m):
 _ZERO_POINTS = {
     "int8": lambda m: torch.round(128 - m.offset / m.scale.float()).to(torch.int32)[:, None],  # offset = s·(128 − z)
     "int4-cpu": _zp_int4_cpu,
-    "w8a8": lambda m: torch.zeros(1, 1, dtype=torch.int32),  # symmetric: code 0 is the zero
+    "w8a8": lambda m: torch.zeros(1, 1, dtype=torch.int32, device=m.qweight.device),  # symmetric: code 0 is the zero
     "packed": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
     "triton": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
 }

@@ -39,7 +39,7 @@ class CausalLMIO:
 
     def example_inputs(self, model: nn.Module, batch: int, length: int, generator: torch.Generator) -> dict:
         vocab = model.get_input_embeddings().weight.shape[0]
-        return self.sample(torch.randint(0, vocab, (batch, length), generator=generator))
+        return self.sample(torch.randint(0, vocab, (batch, length), generator=generator, device="cpu"))  # host tensors: callers move them
 
     def objective(self, model: nn.Module, sample: dict) -> torch.Tensor:
         """Mean next-token NLL of each window [B] (float32; differentiable)."""
@@ -80,9 +80,9 @@ class DiTIO:
     def example_inputs(self, model: nn.Module, batch: int, length: int | None, generator: torch.Generator) -> dict:
         """A denoiser call at the middle of the schedule (the cost does not depend on t)."""
         arch = model.config
-        x = torch.randn(batch, arch.channels, arch.img_size, arch.img_size, generator=generator)
-        t = torch.full((batch,), self.schedule.num_train_timesteps // 2, dtype=torch.long)
-        y = torch.randint(0, arch.num_classes, (batch,), generator=generator)
+        x = torch.randn(batch, arch.channels, arch.img_size, arch.img_size, generator=generator, device="cpu")  # host tensors
+        t = torch.full((batch,), self.schedule.num_train_timesteps // 2, dtype=torch.long, device="cpu")
+        y = torch.randint(0, arch.num_classes, (batch,), generator=generator, device="cpu")
         return self.sample(x, t, y)
 
     def objective(self, model: nn.Module, sample: dict) -> torch.Tensor:
@@ -99,11 +99,11 @@ class DiTIO:
         scheduler.set_timesteps(steps)
         arch, device = model.config, model_device(model)
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(images, arch.channels, arch.img_size, arch.img_size, generator=gen)
-        y = torch.randint(0, arch.num_classes, (images,), generator=gen)
+        x = torch.randn(images, arch.channels, arch.img_size, arch.img_size, generator=gen, device="cpu")  # host tensors
+        y = torch.randint(0, arch.num_classes, (images,), generator=gen, device="cpu")
         with torch.no_grad():
             for t in scheduler.timesteps:
-                tt = torch.full((images,), int(t), dtype=torch.long)
+                tt = torch.full((images,), int(t), dtype=torch.long, device="cpu")
                 yield self.sample(x.clone(), tt, y.clone())
                 eps = self.denoise(model, x.to(device), tt.to(device), y.to(device)).cpu()
                 x = scheduler.step(eps, t, x).prev_sample

@@ -63,13 +63,13 @@ def fisher_rows(bundle, engine: CalibrationEngine) -> dict[str, torch.Tensor]:
         p.requires_grad_(False)
     for t in targets:
         t.module.weight.requires_grad_(True)
-    sums = {t.name: torch.zeros(t.inp, dtype=torch.float64) for t in targets}
+    sums = {t.name: torch.zeros(t.inp, dtype=torch.float64, device=t.module.weight.device) for t in targets}  # on the weights' device
 
     def accumulate(_i: int) -> None:
         for t in targets:
             g = t.module.weight.grad
             g = (g.t() if adapter.transposed_weights else g).double()  # [out, in]
-            sums[t.name] += (g**2).sum(0).cpu()
+            sums[t.name] += (g**2).sum(0)
             t.module.weight.grad = None
 
     try:

@@ -78,11 +78,11 @@ def whitening(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         chol = torch.linalg.cholesky(g)
     except torch.linalg.LinAlgError:
         lam_min = torch.linalg.eigvalsh(g)[0]
-        g = g + (-lam_min + 1e-6) * torch.eye(g.shape[0], dtype=g.dtype)
+        g = g + (-lam_min + 1e-6) * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
         chol, shifted = torch.linalg.cholesky(g), True
     try:
         chol_inv = torch.linalg.inv(chol)
     except torch.linalg.LinAlgError:
-        chol = chol + 1e-6 * torch.eye(chol.shape[0], dtype=chol.dtype)
+        chol = chol + 1e-6 * torch.eye(chol.shape[0], dtype=chol.dtype, device=chol.device)
         chol_inv = torch.linalg.inv(chol)
     return chol, chol_inv, shifted

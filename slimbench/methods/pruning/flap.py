@@ -139,7 +139,7 @@ class Flap(MethodBase):
     def _remove(self, adapter, block, geo, removal, stats) -> None:
         lin = adapter.block_linears(block)
         keep_o = st.group_to_channels(removal.keep_groups.nonzero().flatten(), geo.group_channels)
-        pruned_o = torch.ones(lin["o"].in_features, dtype=torch.bool)
+        pruned_o = torch.ones(lin["o"].in_features, dtype=torch.bool, device=lin["o"].weight.device)
         pruned_o[keep_o] = False
         o_bias = self._bias(lin["o"], stats["o"].mean, pruned_o)
         d_bias = self._bias(lin["down"], stats["down"].mean, ~removal.keep_channels)

@@ -69,13 +69,13 @@ def score_matrix(weight: torch.Tensor, gram: torch.Tensor, damping: float) -> to
     """A = (W Wᵀ) ∘ G + δ·mean(diag)·I with W = weightᵀ; weight [out, in], gram [in, in]."""
     w = weight.double()
     a = (w.t() @ w) * gram.double()  # [in, in]
-    return a + damping * a.diagonal().mean() * torch.eye(a.shape[0], dtype=a.dtype)
+    return a + damping * a.diagonal().mean() * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
 
 
 def closed_form_scores(a: torch.Tensor, rho: float, lam: float | None) -> torch.Tensor:
     """z = 1 − u*, u* = λρD·A⁻¹1/(1 + λ·1ᵀA⁻¹1) (λ absolute), or its λ→∞ limit (lam None)."""
     d = a.shape[0]
-    ainv1 = torch.linalg.solve(a, torch.ones(d, dtype=a.dtype))
+    ainv1 = torch.linalg.solve(a, torch.ones(d, dtype=a.dtype, device=a.device))
     if lam is None:
         u = rho * d * ainv1 / ainv1.sum()
     else:
@@ -86,8 +86,8 @@ def closed_form_scores(a: torch.Tensor, rho: float, lam: float | None) -> torch.
 def newton_scores(a: torch.Tensor, rho: float, lam: float, steps: int, z0: torch.Tensor | None = None) -> torch.Tensor:
     """Algorithm 1: z ← z − H⁻¹g, g = A(z − 1) + λ(⟨1,z⟩ − r)1, H = A + λ11ᵀ, r = (1−ρ)D."""
     d = a.shape[0]
-    ones = torch.ones(d, dtype=a.dtype)
-    hess = a + lam * torch.ones(d, d, dtype=a.dtype)
+    ones = torch.ones(d, dtype=a.dtype, device=a.device)
+    hess = a + lam * torch.ones(d, d, dtype=a.dtype, device=a.device)
     z = ones.clone() if z0 is None else z0.double()
     for _ in range(steps):
         grad = a @ (z - ones) + lam * (z.sum() - (1 - rho) * d) * ones
@@ -98,7 +98,7 @@ def newton_scores(a: torch.Tensor, rho: float, lam: float, steps: int, z0: torch
 def compensated_weight(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, gamma: float) -> torch.Tensor:
     """Kept input columns after W_keep ← W_keep + H_kk⁻¹ H_kp W_p: [out, kept]."""
     h = gram.double()
-    h = h + gamma * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    h = h + gamma * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     k, p = keep.nonzero().flatten(), (~keep).nonzero().flatten()
     w = weight.double()  # [out, in]
     if p.numel() == 0:
@@ -170,7 +170,7 @@ class NumericalPruning(MethodBase):
     def _remove(self, adapter, block, geo, removal, grams) -> None:
         cfg, lin = self.config, adapter.block_linears(block)
         keep_o = st.group_to_channels(removal.keep_groups.nonzero().flatten(), geo.group_channels)
-        mask_o = torch.zeros(lin["o"].in_features, dtype=torch.bool)
+        mask_o = torch.zeros(lin["o"].in_features, dtype=torch.bool, device=lin["o"].weight.device)
         mask_o[keep_o] = True
         o_w = compensated_weight(lin["o"].weight, grams["o"], mask_o, cfg.gamma) if cfg.compensate else None
         d_w = compensated_weight(lin["down"].weight, grams["down"], removal.keep_channels, cfg.gamma) if cfg.compensate else None

@@ -79,7 +79,7 @@ def sparsegpt_prune(
     rows, cols = w.shape
     if nm is not None and cols % nm[1]:
         raise ConfigError(f"{nm[0]}:{nm[1]} sparsity needs in_features divisible by {nm[1]}, got {cols}")
-    losses = torch.zeros(rows, dtype=w.dtype)
+    losses = torch.zeros(rows, dtype=w.dtype, device=w.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         q1, err1, loss = _prune_block(w[:, i1:i2].clone(), hinv[i1:i2, i1:i2], sparsity, nm)
@@ -94,7 +94,7 @@ def _prune_block(w1, hinv1, sparsity, nm):
     d = torch.diag(hinv1)  # [B]
     mask1 = block_mask(w1, d, sparsity) if nm is None else torch.zeros_like(w1, dtype=torch.bool)
     q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
-    loss = torch.zeros(w1.shape[0], dtype=w1.dtype)
+    loss = torch.zeros(w1.shape[0], dtype=w1.dtype, device=w1.device)
     for i in range(w1.shape[1]):
         if nm is not None and i % nm[1] == 0:
             n, m = nm

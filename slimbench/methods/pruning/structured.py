@@ -84,7 +84,7 @@ def _bias_numel(linear: nn.Linear) -> int:
 def group_to_channels(keep_groups: torch.Tensor, width: int) -> torch.Tensor:
     """Indices of the rows/columns that belong to the kept units (each ``width`` wide)."""
     idx = torch.as_tensor(keep_groups, dtype=torch.long).sort().values
-    return (idx[:, None] * width + torch.arange(width)).reshape(-1)
+    return (idx[:, None] * width + torch.arange(width, device=idx.device)).reshape(-1)
 
 
 def ensure_nonempty(keep: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, bool]:

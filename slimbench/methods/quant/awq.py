@@ -224,7 +224,7 @@ class AWQ(MethodBase):
             wg, xg = w[:, cols].float(), x[:, cols].float()
             org_out = xg @ wg.t()  # [T, N]
             org_max = wg.abs().amax(dim=1, keepdim=True)  # [N, 1]
-            best_err = torch.full((w.shape[0],), float("inf"))
+            best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
             best_max = org_max.clone()
             for i in range(int(cfg.clip_max_shrink * cfg.n_grid)):
                 max_val = org_max * (1 - i / cfg.n_grid)

@@ -72,7 +72,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     w[:, dead] = 0
     static = [minmax_params(w[:, c], cfg.bits, cfg.sym) for c in group_slices(k, cfg.group_size)] if cfg.static_groups and cfg.group_size > 0 else None
     grids = row_grid or static
-    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k)
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
     keep = None if keep is None else keep[:, perm]
     hinv = inverse_cholesky_upper(dampen(h, cfg.percdamp))
