@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -371,6 +372,13 @@ class DiTLoader:
 
 # --------------------------------------------------------------------------------------------
 COMMON_KEYS = ("name", "kind", "loader", "dtype")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one file-name component that stays inside its directory (``org/model`` ->
+    ``org_model``, ``../../x`` -> ``_.._x``)."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"
 
 
 def resolve_model(model_cfg: dict, ctx: LoadContext) -> tuple[ModelSource, Loader, Any]:
