@@ -74,28 +74,36 @@ class IsolatedLauncher(Launcher):
 
         previous = signal.signal(signal.SIGTERM, forward)
         try:
-            while pending or running:
-                while pending and len(running) < self.n_jobs and not stopping:
-                    i, overrides = pending.popleft()
-                    idx = initial_job_idx + i
-                    log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-                    proc = ctx.Process(target=_child, args=(idx, list(overrides), self.hydra_context, self.config,
-                                                            self.task_function, state), name=f"slimbench-job-{idx}")
-                    proc.start()
-                    running[proc.sentinel] = (idx, overrides, proc)
-                if not running:
-                    break
-                for sentinel in multiprocessing.connection.wait(list(running)):
-                    idx, overrides, proc = running.pop(sentinel)
-                    proc.join()
-                    if proc.exitcode != 0:
-                        job_died(idx, list(overrides), proc.exitcode)
+            self._run(pending, running, stopping, ctx, state, initial_job_idx)
+        except KeyboardInterrupt:  # Ctrl-C reached the jobs too: let them record it, then stop
+            stopping.append(signal.SIGINT)
+            for _, _, proc in running.values():
+                proc.join(timeout=120)
         finally:
             signal.signal(signal.SIGTERM, previous)
         if stopping:
             log.error("stopped by %s; %d job(s) not started", signal.Signals(stopping[0]).name, len(pending))
             sys.exit(128 + stopping[0])
         return returns
+
+    def _run(self, pending: deque, running: dict, stopping: list, ctx, state: dict, initial_job_idx: int) -> None:
+        """Start jobs while there is room (and no stop was asked); reap them as they end."""
+        while pending or running:
+            while pending and len(running) < self.n_jobs and not stopping:
+                i, overrides = pending.popleft()
+                idx = initial_job_idx + i
+                log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+                proc = ctx.Process(target=_child, args=(idx, list(overrides), self.hydra_context, self.config,
+                                                        self.task_function, state), name=f"slimbench-job-{idx}")
+                proc.start()
+                running[proc.sentinel] = (idx, overrides, proc)
+            if not running:
+                break
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                idx, overrides, proc = running.pop(sentinel)
+                proc.join()
+                if proc.exitcode != 0:
+                    job_died(idx, list(overrides), proc.exitcode)
 
 
 def _child(idx: int, overrides: list[str], hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
@@ -104,6 +112,7 @@ def _child(idx: int, overrides: list[str], hydra_context: HydraContext, config: 
     job's overrides, then ``run_job``). Exits 0, or 128 + signal when a signal stopped the run."""
     from slimbench.errors import RunInterrupted
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the launcher's forwarding handler
     setup_globals()
     Singleton.set_state(state)
     sweep_config = hydra_context.config_loader.load_sweep_config(config, overrides)
