@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 from slimbench.errors import ConfigError
@@ -250,11 +252,8 @@ class RunSettings:
         check_device(self.device)
 
 
-def check_dir_path(value: str, key: str, create: bool) -> "Path":
+def check_dir_path(value: str, key: str, create: bool) -> Path:
     """A directory setting: no regular file in the way; created (and writable) if ``create``."""
-    import os
-    from pathlib import Path
-
     path = Path(value).expanduser()
     for parent in (path, *path.parents):
         if parent.exists():
