@@ -242,6 +242,8 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         entry = entries[0]
         if entry["status"] in ("invalid", "crashed", "interrupted"):
             return 2 if entry["status"] == "invalid" else 1
+        if entry.get("unsaved") and not entry.get("path"):
+            return EXIT_UNSAVED  # no directory took the record: it is on stderr only (write_fallback said so)
         record = RunRecord.from_dict(json.loads(Path(entry["path"]).read_text())) if entry.get("path") else None
         if record is None and entry["status"] == "skipped":
             print(f"\nskipped {entry['run_id']}: {entry.get('reason', '')}")
