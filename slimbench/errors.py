@@ -9,9 +9,10 @@ class DataUnavailableError(ConfigError):
     """A dataset the run needs is neither in the data dir nor reachable on the hub."""
 
 
-class RunInterrupted(BaseException):
+class RunInterrupted(KeyboardInterrupt):
     """A signal (SIGTERM, SIGINT, SIGHUP) stopped a run; raised so that the run records it first.
-    A BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it."""
+    A KeyboardInterrupt: ``except Exception`` does not swallow it, ``except KeyboardInterrupt``
+    (Ctrl-C handling in notebooks and scripts) still sees it."""
 
     def __init__(self, signum: int) -> None:
         import signal
