@@ -21,7 +21,8 @@ with one block's activations, not with depth.
 ``collect`` gathers statistics of every block of the *unmodified* model (for methods that
 decide globally before changing anything: FLAP, Numerical Pruning, SVD-LLM, layer dropping).
 Those statistics depend only on (model, calibration set, observers, block) and are cached
-on disk under that key, so several methods and ratios share one calibration pass.
+on disk under that key (``slimbench.statcache``: safetensors and a checksummed JSON sidecar,
+never a pickle), so several methods and ratios share one calibration pass.
 
 Observers install their hooks through the model's ``HookRegistry`` (``slimbench.hooks``) inside a
 scope that removes them after each pass. ``objective`` is the one whole-model objective (the
@@ -40,10 +41,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from slimbench import statcache
 from slimbench.data.sampler import CalibrationSet
 from slimbench.hooks import FunctionHook, Hook, HookRegistry
 from slimbench.models.adapters import Adapter
 from slimbench.models.bundle import ModelBundle
+from slimbench.models.loaders import path_safe
 from slimbench.records import stable_hash
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ INPUT_STATS = ("gram", "sq_sum", "abs_sum", "abs_max", "sum")
 
 
 # -- statistics ----------------------------------------------------------------------------
+@statcache.cacheable
 @dataclass
 class InputStats:
     """Statistics of a module input over all calibration tokens (x rows are tokens [N, D]).
@@ -310,14 +314,13 @@ class CalibrationEngine:
         """Statistics of every block of the unmodified model: ``[{name: result}, ...]``.
 
         With ``cache_key`` (a name for what the observers compute), results are cached on
-        disk by (model identity, calibration fingerprint, cache_key, block).
+        disk by (model identity, calibration fingerprint, cache_key) (``slimbench.statcache``:
+        safetensors + a checked JSON sidecar, never a pickle).
         """
-        cache = self._cache_dir(cache_key)
-        blocks = self.bundle.adapter.get_blocks(self.bundle.model)
-        if cache is not None and all((cache / f"block{i}.pt").is_file() for i in range(len(blocks))):
-            log.info("calibration statistics %r loaded from %s", cache_key, cache)
-            self.calib.cache_reads.append(cache_key)
-            return [torch.load(cache / f"block{i}.pt", weights_only=False) for i in range(len(blocks))]
+        n_blocks = len(self.bundle.adapter.get_blocks(self.bundle.model))
+        cached = self._read_cache(cache_key)
+        if isinstance(cached, list) and len(cached) == n_blocks:
+            return cached
         results: list[dict] = []
 
         def plan(i, block):
@@ -325,12 +328,7 @@ class CalibrationEngine:
             return [Step(obs, compress=lambda stats: results.append(stats))]
 
         self.run(plan, propagate_error=False, desc=desc)
-        if cache is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            for i, stats in enumerate(results):
-                tmp = cache / f".block{i}.pt.tmp"
-                torch.save(stats, tmp)
-                tmp.replace(cache / f"block{i}.pt")
+        self._write_cache(cache_key, results)
         return results
 
     def cached(self, cache_key: str, compute: Callable[[], Any]) -> Any:
@@ -340,18 +338,42 @@ class CalibrationEngine:
         table, reused by every target ratio); ``cache_key`` must name every parameter the
         result depends on besides the model and the calibration set.
         """
-        cache = self._cache_dir(cache_key)
-        if cache is not None and (cache / "result.pt").is_file():
-            log.info("calibration result %r loaded from %s", cache_key, cache)
-            self.calib.cache_reads.append(cache_key)
-            return torch.load(cache / "result.pt", weights_only=False)
+        result = self._read_cache(cache_key)
+        if result is not None:
+            return result
         result = compute()
-        if cache is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = cache / ".result.pt.tmp"
-            torch.save(result, tmp)
-            tmp.replace(cache / "result.pt")
+        self._write_cache(cache_key, result)
         return result
+
+    def _read_cache(self, cache_key: str | None) -> Any:
+        """The verified cached value, or None (absent; or refused, with a warning saying why)."""
+        entry = self._cache_dir(cache_key)
+        if entry is None:
+            return None
+        for pickle in statcache.pickles_in(entry):
+            log.warning("calibration cache: refusing %s (a pickle, which could run code; slimbench never loads them); "
+                        "removing it", pickle)
+            pickle.unlink(missing_ok=True)
+        try:
+            value = statcache.load(entry, cache_key)
+        except statcache.CacheRefused as exc:
+            if (entry / statcache.SIDECAR).exists():
+                log.warning("calibration cache %s refused: %s; recomputing", entry, exc)
+            return None
+        log.info("calibration statistics %r loaded from %s", cache_key, entry)
+        self.calib.cache_reads.append(cache_key)
+        return value
+
+    def _write_cache(self, cache_key: str | None, value: Any) -> None:
+        entry = self._cache_dir(cache_key)
+        if entry is None:
+            return
+        try:
+            statcache.save(entry, value, cache_key)
+        except statcache.NotCacheable as exc:
+            log.warning("calibration statistics %r not cached: %s", cache_key, exc)
+        except OSError as exc:  # a full disk must not fail the run that computed the statistics
+            log.warning("calibration statistics %r not cached (%s: %s)", cache_key, type(exc).__name__, exc)
 
     # the whole-model objective --------------------------------------------------------------
     def objective(self, samples: Iterable[dict] | None = None, backward: Callable[[int], None] | None = None,
@@ -412,7 +434,7 @@ class CalibrationEngine:
         if cache_key is None or root is None:
             return None
         key = stable_hash({"model": self.bundle.source.to_dict(), "calibration": self.calib.fingerprint(), "stats": cache_key})
-        return Path(root) / "calib_stats" / f"{self.bundle.source.name}-{key}"
+        return Path(root) / "calib_stats" / f"{path_safe(self.bundle.source.name)}-{key}"
 
 
 def _to(obj, device: torch.device):

@@ -16,6 +16,7 @@ and the record says so).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import sys
 import tempfile
 import uuid
+from functools import lru_cache
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -30,6 +32,7 @@ GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline
 VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
 PIPELINE_PLACEHOLDER = "stages"  # conf/method/stages.yaml: an empty node the stage presets fill
 JOURNAL_ENV = "SLIMBENCH_JOURNAL"
+EXIT_UNSAVED = 3  # the run finished but the results store could not take its record (it is in a fallback file)
 INVOCATION_ENV = "SLIMBENCH_INVOCATION"
 
 log = logging.getLogger("slimbench")
@@ -40,16 +43,78 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER) if folder.is_dir() else []
 
 
+def _hydra_options(group: str) -> list[str]:
+    """Options Hydra and its installed plugins provide (``hydra/launcher=joblib``, ``basic``, ...)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # plugins register their configs on import
+    try:
+        return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
+    except OSError:
+        return []
+
+
 def _check_choice(group: str, choice: str) -> None:
     """An unknown config-group option gets one line with the choices and the closest one."""
     from slimbench.errors import ConfigError
 
-    options = _options(group)
+    options = _options(group) + (_hydra_options(group) if group.startswith("hydra/") else [])
     choice = choice.strip()
+    if group == "method" and choice == PIPELINE_PLACEHOLDER:  # method=stages +method@method.0=...: a pipeline spelled out
+        return
     if choice and choice not in options and not any(ch in choice for ch in "*?()[]{}"):
         close = difflib.get_close_matches(choice, options, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown {group.split('/')[-1]} {choice!r} (available: {', '.join(options)}){hint}")
+
+
+@lru_cache(maxsize=1)
+def _config_keys() -> dict[str, tuple[str, ...] | None]:
+    """conf/config.yaml's top-level keys (for a mapping such as ``paths``: its keys) and the groups."""
+    import yaml
+
+    data = yaml.safe_load((CONF_DIR / "config.yaml").read_text()) or {}
+    keys = {k: (tuple(sorted(v)) if isinstance(v, dict) else None) for k, v in data.items() if k not in ("defaults", "hydra")}
+    for group in GROUPS:
+        keys.setdefault(group.split("/")[0], None)
+    return keys
+
+
+def _check_key(key: str) -> None:
+    """A plain ``key=value`` must override an existing key: Hydra's own error for ``sed=1`` is a
+    multi-line "Key 'sed' is not in struct" without a suggestion. (``+key=value`` adds a key;
+    the run's validation then reports it if slimbench does not know it.)"""
+    from slimbench.configs import unknown_key_message
+    from slimbench.errors import ConfigError
+
+    known = _config_keys()
+    root, _, rest = key.partition(".")
+    if root not in known:
+        raise ConfigError(unknown_key_message(root, sorted(known), what="key"))
+    children = known[root]
+    if rest and children is not None and rest.split(".")[0] not in children:
+        raise ConfigError(unknown_key_message(f"{root}.{rest}", [f"{root}.{c}" for c in children], what="key"))
+
+
+DIR_KEYS = ("paths.results_dir", "paths.cache_dir", "save_dir")
+
+
+def _check_dirs(argv: list[str]) -> None:
+    """Directory settings with a regular file in the way fail here, in one line: Hydra creates its
+    run directory under paths.results_dir before slimbench's validation runs."""
+    from slimbench.configs import check_dir_path
+
+    given = {}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        given[key.lstrip("+~")] = value if eq else None
+    if "paths.results_dir" not in given and os.environ.get("SLIMBENCH_RESULTS_DIR"):
+        given["paths.results_dir"] = os.environ["SLIMBENCH_RESULTS_DIR"]
+    for key in DIR_KEYS:
+        value = given.get(key)
+        if value and "${" not in value and "," not in value and value != "null":
+            check_dir_path(value, key, create=False)
 
 
 def pipeline_overrides(value: str, check: bool = True) -> list[str]:
@@ -65,9 +130,10 @@ def pipeline_overrides(value: str, check: bool = True) -> list[str]:
 
 
 def preflight(argv: list[str]) -> list[str]:
-    """Check config-group choices, expand ad-hoc pipelines and rewrite validated-node overrides;
-    raises ConfigError."""
+    """Check config-group choices, top-level keys and directory settings, expand ad-hoc pipelines
+    and rewrite validated-node overrides; raises ConfigError."""
     custom_search_path = any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in argv)
+    _check_dirs(argv)
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -77,13 +143,16 @@ def preflight(argv: list[str]) -> list[str]:
         if eq and key in GROUPS and not custom_search_path:
             for choice in value.split(","):
                 _check_choice(key, choice)
+        elif eq and not key.startswith(("+", "~", "hydra", "-")) and "@" not in key and "/" not in key \
+                and not key.startswith(VALIDATED_NODES):
+            _check_key(key)
         if eq and key.startswith(VALIDATED_NODES):
             arg = "++" + arg
         out.append(arg)
     return out
 
 
-def _append_journal(entry: dict) -> None:
+def append_journal(entry: dict) -> None:
     path = os.environ.get(JOURNAL_ENV)
     if not path:
         return
@@ -96,26 +165,33 @@ def _append_journal(entry: dict) -> None:
 
 
 def _task(cfg) -> None:
-    """Hydra task function: one job of a run or a sweep. Never raises for a bad run."""
+    """Hydra task function: one job of a run or a sweep. Never raises for a bad run; a signal
+    (``RunInterrupted``) is journaled, after the run recorded it, and passed on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
-    from slimbench.errors import ConfigError
+    from slimbench.errors import ConfigError, RunInterrupted
     from slimbench.run import run_experiment
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    overrides = list(hc.overrides.task)
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]  # as typed: ${...} unresolved
     entry = {"job": hc.job.get("num", 0) if multirun else 0, "overrides": overrides}
-    if cfg.get("threads") is None and multirun:
-        n_jobs = hc.launcher.get("n_jobs") if hc.launcher else None
-        if n_jobs and int(n_jobs) > 1:
-            from slimbench._system import cpu_count
-
-            cfg.threads = max(1, cpu_count() // int(n_jobs))
     try:
-        outcome = run_experiment(cfg, lenient_method_params=multirun, invocation_id=os.environ.get(INVOCATION_ENV))
+        if multirun and OmegaConf.select(cfg, "threads", throw_on_resolution_failure=False) is None:
+            n_jobs = hc.launcher.get("n_jobs") if hc.launcher else None
+            if n_jobs and int(n_jobs) > 1:
+                from slimbench._system import cpu_count
+
+                cfg.threads = max(1, cpu_count() // int(n_jobs))
+        def started(run_id: str, path) -> None:  # lets a parallel launcher find the record of a job whose process dies
+            append_journal({**entry, "status": "started", "run_id": run_id, "path": str(path), "pid": os.getpid()})
+
+        outcome = run_experiment(cfg, lenient_method_params=multirun, invocation_id=os.environ.get(INVOCATION_ENV), on_start=started)
         entry.update(status=outcome.status, run_id=outcome.run_id, path=str(outcome.path or ""), reason=outcome.reason)
+        if outcome.write_error:
+            entry["unsaved"] = outcome.write_error
         if outcome.record and outcome.status == "failed":
             entry["error"] = (outcome.record.error or {}).get("message")
         if outcome.status == "skipped":
@@ -123,10 +199,31 @@ def _task(cfg) -> None:
     except ConfigError as exc:
         print(f"slimbench: error: {exc}", file=sys.stderr, flush=True)
         entry.update(status="invalid", error=str(exc))
+    except RunInterrupted as exc:
+        entry.update(status="interrupted", error=str(exc), signal=exc.signal_name, path=str(exc.record_path or ""))
+        append_journal(entry)
+        raise
     except Exception as exc:  # a bug, not a bad run: keep the sweep going, show the traceback
         log.exception("run crashed before it could be recorded")
         entry.update(status="crashed", error=f"{type(exc).__name__}: {exc}")
-    _append_journal(entry)
+    append_journal(entry)
+
+
+def read_journal(path: str | None) -> list[dict]:
+    """The journal's entries (a line cut short by a killed process is skipped)."""
+    entries: list[dict] = []
+    if not path:
+        return entries
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            log.warning("journal: skipping a damaged line")
+    return entries
 
 
 def _hydra_main() -> None:
@@ -143,8 +240,10 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         return 1
     if not multirun:
         entry = entries[0]
-        if entry["status"] in ("invalid", "crashed"):
+        if entry["status"] in ("invalid", "crashed", "interrupted"):
             return 2 if entry["status"] == "invalid" else 1
+        if entry.get("unsaved") and not entry.get("path"):
+            return EXIT_UNSAVED  # no directory took the record: it is on stderr only (write_fallback said so)
         record = RunRecord.from_dict(json.loads(Path(entry["path"]).read_text())) if entry.get("path") else None
         if record is None and entry["status"] == "skipped":
             print(f"\nskipped {entry['run_id']}: {entry.get('reason', '')}")
@@ -157,6 +256,10 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         if record.error:
             print(f"\nerror ({record.error['stage']}): {record.error['type']}: {record.error['message']}")
         print(f"\nrecord: {entry.get('path') or '(store)'}")
+        if entry.get("unsaved"):
+            print(f"\nslimbench: error: the record is NOT in the results store ({entry['unsaved']}); it is at {entry.get('path') or 'stderr only'}",
+                  file=sys.stderr)
+            return EXIT_UNSAVED
         return 0 if status == "ok" else 1
 
     rows = []
@@ -179,7 +282,13 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
         )
     print("\n### sweep\n\n" + markdown_table(["job", "overrides", "status", "run_id", "ppl", "decode tok/s", "note"], rows))
     statuses = {e["status"] for e in entries}
-    return 2 if "invalid" in statuses else 1 if statuses & {"failed", "crashed"} else 0
+    unsaved = [e for e in entries if e.get("unsaved")]
+    for e in unsaved:
+        print(f"slimbench: error: job {e.get('job')}: the record is NOT in the results store ({e['unsaved']}); "
+              f"it is at {e.get('path') or 'stderr only'}", file=sys.stderr)
+    if unsaved:
+        return EXIT_UNSAVED
+    return 2 if "invalid" in statuses else 1 if statuses & {"failed", "crashed", "interrupted", "killed"} else 0
 
 
 def leaderboard_main(argv: list[str]) -> int:
@@ -216,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return leaderboard_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
-    from slimbench.errors import ConfigError
+    from slimbench.errors import ConfigError, RunInterrupted
 
     try:
         argv = preflight(argv)
@@ -230,15 +339,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[JOURNAL_ENV] = journal
     os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex[:12])
     saved_argv, sys.argv = sys.argv, [sys.argv[0] or "slimbench", *argv]
-    code = 0
+    code, interrupted = 0, None
     try:
         _hydra_main()
     except SystemExit as exc:  # Hydra exits on composition errors after printing them
         code = exc.code if isinstance(exc.code, int) else 1
+    except RunInterrupted as exc:  # the run wrote its failed record; say where, exit 128 + signal
+        interrupted, code = exc, 128 + exc.signum
     finally:
         sys.argv = saved_argv
-        entries = [json.loads(line) for line in Path(journal).read_text().splitlines() if line.strip()]
-        os.unlink(journal)
+        entries = [e for e in read_journal(journal) if e.get("status") != "started"]
+        with contextlib.suppress(OSError):
+            os.unlink(journal)
+        if os.environ.get(JOURNAL_ENV) == journal:
+            del os.environ[JOURNAL_ENV]
+    if interrupted is not None:
+        where = f"failed record: {interrupted.record_path}" if interrupted.record_path else "no record was written"
+        print(f"slimbench: error: interrupted by {interrupted.signal_name}; {where}", file=sys.stderr)
+        return code
     if informational:
         return code
     return code or _summarize(entries, multirun)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -180,6 +181,7 @@ class RunRecord:
     data: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # about the record itself (e.g. non-finite numbers written as null)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -215,6 +217,32 @@ class RunRecord:
 
     def fingerprint(self, evaluator: str) -> str | None:
         return (self.protocols.get(evaluator) or {}).get("fingerprint")
+
+
+def strict_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, and where each was
+    (``metrics[0].value=nan``): strict JSON has no NaN, and a reader must not guess."""
+    if isinstance(value, float):
+        return (value, []) if math.isfinite(value) else (None, [f"{where}={value!r}"])
+    if isinstance(value, dict):
+        out, found = {}, []
+        for k, v in value.items():
+            out[k], f = strict_json(v, f"{where}.{k}" if where else str(k))
+            found += f
+        return out, found
+    if isinstance(value, (list, tuple)):
+        out, found = [], []
+        for i, v in enumerate(value):
+            item, f = strict_json(v, f"{where}[{i}]")
+            out.append(item)
+            found += f
+        return out, found
+    return value, []
+
+
+def finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite (None and non-numbers are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def protocol_fingerprint(protocol: dict) -> str:

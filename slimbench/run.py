@@ -15,34 +15,41 @@ one engine pass (``fuse_stages``). The record lists every stage with its own rep
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import random
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from slimbench._system import Stopwatch, measure_peak_rss
-from slimbench.configs import build_dataclass, config_to_dict, field_names, to_plain, unknown_keys
-from slimbench.data.corpora import CorpusRef, check_data_dir, resolve_corpus
+from slimbench.configs import (
+    RunSettings, build_dataclass, check_dir_path, config_to_dict, field_names, run_settings, to_plain, unknown_keys,
+)
+from slimbench.data.corpora import CorpusRef, check_data_dir, check_holds, resolve_corpus
 from slimbench.data.sampler import CalibConfig, CalibrationSet, TrajectoryCalibConfig, build_calibration_set, build_trajectory_set
-from slimbench.errors import ConfigError
+from slimbench.errors import ConfigError, RunInterrupted
 from slimbench.evaluation import EVALUATORS, EvalContext
 from slimbench.evaluation.size import footprint, module_params
 from slimbench.kernels.serialization import save_compressed
 from slimbench.methods import METHODS
 from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, run_sequential
 from slimbench.models.adapters import adapter_for
-from slimbench.models.bundle import ModelBundle, ModelSource
+from slimbench.models.bundle import ModelBundle, ModelShape, ModelSource
 from slimbench.models.io import MODEL_IO
 from slimbench.models.loaders import LoadContext, Loader, resolve_model
 from slimbench.records import (
-    CompressionReport, LayerReport, RunRecord, StageReport, environment, evaluator_fingerprint, new_attempt_id, stable_hash,
+    CompressionReport, LayerReport, RunRecord, StageReport, environment, evaluator_fingerprint, finite, new_attempt_id, stable_hash,
 )
-from slimbench.store import ResultStore
+from slimbench.store import ResultStore, record_json, write_atomic, write_fallback
 from slimbench.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ class RunPlan:
     """A validated run: everything needed to execute it, resolved without loading weights."""
 
     cfg: dict
+    settings: RunSettings
     source: ModelSource
     loader: Loader
     loader_config: Any
@@ -92,8 +100,9 @@ class RunOutcome:
     status: str  # ok | failed | skipped
     run_id: str
     record: RunRecord | None = None
-    path: Path | None = None
+    path: Path | None = None  # the record (or, when the store could not take it, the fallback file)
     reason: str = ""
+    write_error: str | None = None  # set when the store could not take the record
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -134,26 +143,42 @@ def _stage(node: dict, index: int | None, lenient: bool) -> Stage:
     return Stage(cls(build_dataclass(cls.Config, accepted, owner=where)), accepted, ignored)
 
 
-def _calibration(cfg: dict, io, data_dir) -> tuple[CalibConfig | TrajectoryCalibConfig, CorpusRef | None, dict]:
-    """The calibration config for the model kind, its corpus (text) and its data fingerprints."""
+def _calibration(cfg: dict, io, data_dir, shape: ModelShape, needed: bool) -> tuple[CalibConfig | TrajectoryCalibConfig, CorpusRef | None, dict]:
+    """The calibration config for the model kind, its corpus (text) and its data fingerprints.
+    The node is validated even when no stage calibrates (a typo is a typo); its data only when one does."""
     node = dict(cfg.get("calib") or {})
     if io.kind == "diffusion":
         if node.get("dataset", "trajectory") != "trajectory":
             raise ConfigError(f"calib.dataset {node.get('dataset')!r} is text; diffusion models calibrate on their own "
                               "sampling trajectories (calib=dit-trajectory)")
-        return build_dataclass(TrajectoryCalibConfig, node, owner="calib"), None, {}
+        return build_dataclass(TrajectoryCalibConfig, node, owner="calib", what="key"), None, {}
     if node.get("dataset") == "trajectory":
         raise ConfigError(f"calib.dataset 'trajectory' is for diffusion models; {io.kind} models calibrate on "
                           "text (calib=wikitext2)")
-    config = build_dataclass(CalibConfig, node, owner="calib")
+    config = build_dataclass(CalibConfig, node, owner="calib", what="key")
+    if not needed:
+        return config, None, {}
+    check_context("calib.seqlen", config.seqlen, shape)
     ref = resolve_corpus(config.dataset, config.split, data_dir)
+    check_holds(ref, config.seqlen + 2, "calibration windows of calib.seqlen + 2")
     return config, ref, {f"calibration:{config.dataset}/{config.split}": ref.fingerprint()}
 
 
+def check_context(what: str, tokens: int, shape: ModelShape) -> None:
+    """``tokens`` positions fit the model's context (when its config states one)."""
+    if shape.max_positions is not None and tokens > shape.max_positions:
+        raise ConfigError(f"{what} {tokens} exceeds the model's context (max_position_embeddings {shape.max_positions})")
+
+
 def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
-    paths = cfg.get("paths", {})
-    data_dir = check_data_dir(paths.get("data_dir"))
-    load_ctx = LoadContext(cache_dir=Path(str(paths.get("cache_dir", "~/.cache/slimbench"))).expanduser(), device=cfg.get("device", "cpu"))
+    settings = run_settings(cfg)  # the top-level keys, parsed strictly
+    paths = settings.paths
+    data_dir = check_data_dir(paths.data_dir)
+    check_dir_path(paths.results_dir, "paths.results_dir", create=True)
+    cache_dir = check_dir_path(paths.cache_dir, "paths.cache_dir", create=True)
+    if settings.save_dir is not None:
+        check_dir_path(settings.save_dir, "save_dir", create=False)
+    load_ctx = LoadContext(cache_dir=cache_dir, device=settings.device)
 
     # method or pipeline (cheapest checks first: a bad method parameter fails before anything else)
     nodes = stage_nodes(cfg.get("method"))
@@ -187,23 +212,29 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
                 f"evaluator {ev_name!r} does not support {source.kind} models (supports: {', '.join(ev.kinds)}); "
                 "choose another eval suite"
             )
-    for stage in stages:
-        stage.method.check(adapter)
+    for i, stage in enumerate(stages):
+        try:
+            stage.method.check(adapter)
+            stage.method.check_shape(source.shape)
+        except ConfigError as exc:
+            where = f"pipeline stage {i} ({stage.name})" if pipeline else f"method {stage.name}"
+            raise ConfigError(f"{where}: {exc}") from None
 
     # data the run will read
-    threads = int(cfg.get("threads") or torch.get_num_threads())
+    threads = settings.threads or torch.get_num_threads()
     eval_ctx = EvalContext(
-        data_dir=data_dir, device=load_ctx.device, seed=int(cfg.get("seed", 0)), threads=threads, cache_dir=load_ctx.cache_dir
+        data_dir=data_dir, device=load_ctx.device, seed=settings.seed, threads=threads, cache_dir=load_ctx.cache_dir, shape=source.shape
     )
     data: dict = {}
     for _, ev in evaluators:
         data.update(ev.check(eval_ctx))
-    calib_config = calib_ref = None
-    if any(s.method.requires_calibration for s in stages):
-        calib_config, calib_ref, calib_data = _calibration(cfg, MODEL_IO.get(adapter.io), paths.get("data_dir"))
-        data.update(calib_data)
+    needs_calibration = any(s.method.requires_calibration for s in stages)
+    calib_config, calib_ref, calib_data = _calibration(cfg, MODEL_IO.get(adapter.io), paths.data_dir, source.shape, needs_calibration)
+    data.update(calib_data)
+    if not needs_calibration:
+        calib_config = None
 
-    fuse = bool(cfg.get("fuse_stages", True))
+    fuse = settings.fuse_stages
     tracker = make_tracker(cfg.get("tracker") or {"name": "none"})
     identity = {
         "model": source.to_dict(),
@@ -216,9 +247,9 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
         "threads": threads,
     }
     return RunPlan(
-        cfg=cfg, source=source, loader=loader, loader_config=loader_config, stages=stages, fuse_stages=fuse, evaluators=evaluators,
-        suite=suite, calib_config=calib_config, calib_ref=calib_ref, data=data, eval_ctx=eval_ctx, load_ctx=load_ctx,
-        run_id=stable_hash(identity), tracker=tracker, identity=identity,
+        cfg=cfg, settings=settings, source=source, loader=loader, loader_config=loader_config, stages=stages, fuse_stages=fuse,
+        evaluators=evaluators, suite=suite, calib_config=calib_config, calib_ref=calib_ref, data=data, eval_ctx=eval_ctx,
+        load_ctx=load_ctx, run_id=stable_hash(identity), tracker=tracker, identity=identity,
     )
 
 
@@ -248,7 +279,8 @@ def build_calibration(plan: RunPlan, bundle: ModelBundle) -> CalibrationSet:
     return calib
 
 
-def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: str | None = None) -> RunOutcome:
+def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: str | None = None,
+            on_start: Callable[[str, Path], None] | None = None) -> RunOutcome:
     record = RunRecord(
         run_id=plan.run_id,
         attempt_id=new_attempt_id(),
@@ -265,45 +297,141 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         environment=environment(),
         data=plan.data,
     )
-    watch, stage, started = Stopwatch(), "start", time.perf_counter()
-    tracker_ok = _start_tracker(tracker, plan, record)
-    try:
-        seed_everything(plan.eval_ctx.seed)
-        stage = "load"
-        with watch.time("load_s"):
-            bundle = plan.loader.load(plan.source, plan.loader_config, plan.load_ctx)
-        calib = None
-        if plan.calib_config is not None:
-            stage = "calibration data"
-            with watch.time("calibration_data_s"):
-                calib = build_calibration(plan, bundle)
-        stage = "compress"
-        record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
-        watch.durations["compress_s"] = record.compression.wall_time_s
-        if plan.cfg.get("save_dir"):
-            stage = "save"
-            record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
+    watch, started = Stopwatch(), time.perf_counter()
+    progress = _Progress(store, record)
+    tracker_ok, interrupted = False, None
+    with stop_on_signals():
+        try:
+            progress.reached("start")
+            if on_start is not None:
+                on_start(plan.run_id, store.path_of(record))
+            tracker_ok = _start_tracker(tracker, plan, record)
+            seed_everything(plan.eval_ctx.seed)
+            progress.reached("load")
+            with watch.time("load_s"):
+                bundle = plan.loader.load(plan.source, plan.loader_config, plan.load_ctx)
+            calib = None
+            if plan.calib_config is not None:
+                progress.reached("calibration data")
+                with watch.time("calibration_data_s"):
+                    calib = build_calibration(plan, bundle)
+            progress.reached("compress")
+            record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
+            watch.durations["compress_s"] = record.compression.wall_time_s
+            if plan.settings.save_dir:
+                progress.reached("save")
+                record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
 
-        stage = "evaluate"
-        evaluate(plan, bundle, record, watch)
-        if record.evaluator_errors:
-            failed = ", ".join(e["evaluator"] for e in record.evaluator_errors)
-            record.error = {"stage": "evaluate", "type": "EvaluatorError", "message": f"evaluator(s) failed: {failed}"}
-        else:
-            record.status = "ok"
-    except BaseException as exc:
-        record.error = {"stage": stage, **_error(exc)}
-        if not isinstance(exc, Exception):  # KeyboardInterrupt/SystemExit: record, then re-raise
-            record.error["message"] = record.error["message"] or type(exc).__name__
-            raise
-        log.error("run %s failed during %s: %s: %s", plan.run_id, stage, type(exc).__name__, exc)
+            progress.reached("evaluate")
+            evaluate(plan, bundle, record, watch)
+            if record.evaluator_errors:
+                record.error = _evaluator_failure(record.evaluator_errors)
+            else:
+                record.status, record.error = "ok", None
+        except BaseException as exc:
+            record.status = "failed"
+            record.error = {"stage": progress.stage, **_error(exc)}
+            if isinstance(exc, RunInterrupted):
+                interrupted = exc
+                record.error["signal"] = exc.signal_name
+                log.error("run %s interrupted by %s during %s", plan.run_id, exc.signal_name, progress.stage)
+            elif not isinstance(exc, Exception):  # KeyboardInterrupt/SystemExit: record, then re-raise
+                record.error["message"] = record.error["message"] or type(exc).__name__
+            else:
+                log.error("run %s failed during %s: %s: %s", plan.run_id, progress.stage, type(exc).__name__, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            watch.durations["total_s"] = time.perf_counter() - started
+            record.timings = {k: round(v, 3) for k, v in watch.durations.items()}
+            path, write_error = _write_record(store, record)
+            if tracker_ok:
+                _finish_tracker(tracker, record)
+            if interrupted is not None:
+                interrupted.record_path = path
+    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path, write_error=write_error)
+
+
+class _Progress:
+    """The stage a run has reached, kept in its attempt file as a ``failed``/``Interrupted``
+    placeholder (so a run killed outright still has a record saying where it stopped); the
+    finished record replaces it."""
+
+    def __init__(self, store: ResultStore, record: RunRecord) -> None:
+        self.store, self.record, self.stage, self.writable = store, record, "start", True
+
+    def reached(self, stage: str) -> None:
+        self.stage = stage
+        if not self.writable:
+            return
+        placeholder = {**self.record.to_dict(), "status": "failed",
+                       "error": {"stage": stage, "type": "Interrupted", "pid": os.getpid(),
+                                 "message": f"the run did not finish: its process ended during {stage} (killed, out of memory, "
+                                            "power loss?) or it is still running"}}
+        try:
+            self.store.write(placeholder)
+        except OSError as exc:  # the final write will try again, with a fallback
+            log.warning("could not write the run's placeholder record (%s: %s)", type(exc).__name__, exc)
+            self.writable = False
+
+
+def mark_killed(path: Path, reason: str) -> str | None:
+    """A run whose process died left its placeholder record: say how it died (``reason``, e.g.
+    "killed by SIGKILL (signal 9)") and where. Returns the new message (None: not a placeholder)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    error = data.get("error") or {}
+    if data.get("status") != "failed" or error.get("type") != "Interrupted" or error.get("signal"):
+        return None
+    error["message"] = f"the run's process was {reason} during {error.get('stage', '?')}"
+    error["process_exit"] = reason
+    data["error"] = error
+    write_atomic(path, record_json(data))
+    return error["message"]
+
+
+def _write_record(store: ResultStore, record: RunRecord) -> tuple[Path | None, str | None]:
+    """Store the record; if the store cannot take it, the full record goes to stderr and a fallback
+    file (``store.write_fallback``). Returns (where it is, the write error or None)."""
+    data = record.to_dict()
+    try:
+        return store.write(data), None
+    except OSError as exc:
+        saved = write_fallback(data, exc, store.path_of(data))
+        return saved, f"{type(exc).__name__}: {exc}"
+
+
+def _evaluator_failure(errors: list[dict]) -> dict:
+    kinds = {e["type"] for e in errors}
+    reasons = "; ".join(f"{e['evaluator']}: {e['message']}" for e in errors)
+    return {"stage": "evaluate", "type": kinds.pop() if len(kinds) == 1 else "EvaluatorError", "message": f"evaluator(s) failed: {reasons}"}
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
+    """While a run executes, SIGTERM/SIGINT/SIGHUP raise ``RunInterrupted`` (once) so that the run
+    records a failed record with the stage and the signal, and closes the tracker, before it stops.
+    Only the main thread can install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum, frame):
+        if raised:  # already stopping: let the record be written
+            log.warning("%s received again while recording the interruption; still stopping", signal.Signals(signum).name)
+            return
+        raised.append(signum)
+        raise RunInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
     finally:
-        watch.durations["total_s"] = time.perf_counter() - started
-        record.timings = {k: round(v, 3) for k, v in watch.durations.items()}
-        path = store.write(record.to_dict())
-        if tracker_ok:
-            _finish_tracker(tracker, record)
-    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> None:
@@ -321,6 +449,11 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
         for metric in result.metrics:
             metric.evaluator = name
             record.metrics.append(metric)
+        bad = [f"{m.name}={m.value!r}" for m in result.metrics if m.value is not None and not finite(m.value)]
+        if bad:  # a NaN perplexity is a broken model or evaluation, never a result
+            log.error("evaluator %s returned non-finite metrics: %s", name, ", ".join(bad))
+            record.evaluator_errors.append({"evaluator": name, "type": "NonFiniteMetric",
+                                            "message": f"non-finite metric(s) {', '.join(bad)}", "traceback": ""})
         fingerprint = evaluator_fingerprint(name, evaluator.version, result.protocol)
         record.protocols[name] = {"fingerprint": fingerprint, "version": evaluator.version, **result.protocol}
         if result.details:
@@ -332,7 +465,7 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
 def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> Path:
     """The compressed model as safetensors + JSON (``save_dir``/<run_id>/; see kernels.serialization)."""
     meta = {"run_id": plan.run_id, "model": plan.source.to_dict(), "method": record.method}
-    return save_compressed(bundle.model, Path(plan.cfg["save_dir"]) / plan.run_id, meta=meta)
+    return save_compressed(bundle.model, Path(plan.settings.save_dir).expanduser() / plan.run_id, meta=meta)
 
 
 # -- compression -------------------------------------------------------------------------------
@@ -497,18 +630,20 @@ def _finish_tracker(tracker: Tracker, record: RunRecord) -> None:
 
 
 # -- entry point used by the CLI and the tests ------------------------------------------------
-def run_experiment(cfg: Any, lenient_method_params: bool = False, invocation_id: str | None = None) -> RunOutcome:
-    """Validate, then run unless the store already holds a successful record (``force``)."""
+def run_experiment(cfg: Any, lenient_method_params: bool = False, invocation_id: str | None = None,
+                   on_start: Callable[[str, Path], None] | None = None) -> RunOutcome:
+    """Validate, then run unless the store already holds a successful record (``force``).
+    ``on_start(run_id, path)`` is called once the run's placeholder record is written."""
     cfg = to_plain(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
     plan = plan_run(cfg, lenient_method_params=lenient_method_params)
-    store = ResultStore(cfg["paths"]["results_dir"])
+    if plan.settings.threads:
+        torch.set_num_threads(plan.settings.threads)
+    store = ResultStore(Path(plan.settings.paths.results_dir).expanduser())
     with store.lock(plan.run_id) as acquired:
         if not acquired:
             return RunOutcome("skipped", plan.run_id, reason="another process is running this run_id")
-        done = None if cfg.get("force") else store.completed(plan.run_id)
+        done = None if plan.settings.force else store.completed(plan.run_id)
         if done is not None:
             reason = "a successful record with this run_id exists (force=true re-runs)"
             return RunOutcome("skipped", plan.run_id, done, path=store.path_of(done), reason=reason)
-        return execute(plan, store, plan.tracker, invocation_id=invocation_id)
+        return execute(plan, store, plan.tracker, invocation_id=invocation_id, on_start=on_start)

@@ -2,12 +2,20 @@
 
 Layout under ``results_dir``::
 
-    records/<run_id>__<attempt_id>.json   one file per run attempt, never overwritten
-    locks/<run_id>.lock                   held (flock) while a run with that id executes
+    records/<run_id>__<attempt_id>.json   one file per run attempt
+    locks/<run_id>.lock                   exists (flock held) only while a run with that id executes
 
-Writes go to a temporary file in the same directory, are fsynced and then renamed into
-place, so a reader never sees a partial record and parallel writers never collide. Nothing
-is overwritten: a failed re-run cannot erase an earlier successful record.
+Writes go to a temporary file in the same directory, are fsynced, renamed into place, and the
+directory is fsynced, so a reader never sees a partial record, parallel writers never collide
+and a finished record survives a power loss. Records are created with the mode the umask allows
+(0644 under the usual 022), so other users of a shared results dir can read them. Records are
+strict JSON: a non-finite number is written as null and listed in the record's ``notes``.
+
+Nothing is overwritten except by the same attempt: when a run starts, its attempt file holds a
+``failed`` placeholder naming the stage the run has reached (``error.type == "Interrupted"``),
+which the finished record replaces. A run killed outright (SIGKILL, out of memory, power loss)
+therefore leaves a failed record saying where it stopped, and a failed re-run cannot erase an
+earlier successful record.
 """
 
 from __future__ import annotations
@@ -16,11 +24,12 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from slimbench.records import RunRecord
+from slimbench.records import RunRecord, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +46,42 @@ class ResultStore:
         return self.records_dir / f"{run_id}__{attempt}.json"
 
     def write(self, record: dict) -> Path:
-        self.records_dir.mkdir(parents=True, exist_ok=True)
+        """Write (or, for the same attempt, replace) a record atomically and durably."""
         path = self.path_of(record)
-        payload = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
-        fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, record_json(record))
         return path
 
     @contextlib.contextmanager
     def lock(self, run_id: str) -> Iterator[bool]:
-        """Non-blocking exclusive lock on a run_id; yields False if another process holds it."""
+        """Non-blocking exclusive lock on a run_id; yields False if another process holds it.
+        The lock file is removed when released (under the lock; a process that opened the
+        removed file notices it is stale and takes a fresh one)."""
         import fcntl
 
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.locks_dir / f"{run_id}.lock", "a") as fh:
+        path = self.locks_dir / f"{run_id}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
             try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the file was removed by its previous holder: lock the new one
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # -- reading -------------------------------------------------------------------------------
     def records(self, pattern: str = "*.json") -> Iterator[RunRecord]:
@@ -163,6 +176,86 @@ def flatten_record(rec: RunRecord) -> dict:
             draw = f"{cal.get('nsamples')}x{cal.get('seqlen')}" if "seqlen" in cal else f"{cal.get('nsamples')} images x {cal.get('steps')} steps"
             row["calibration"] = f"{cal.get('dataset')}/{cal.get('split', '-')} {draw} seed {cal.get('seed')}"
     return row
+
+
+def record_json(record: dict) -> str:
+    """A record as strict JSON (NaN and infinities become null, listed in ``notes``)."""
+    clean, found = strict_json(record)
+    if found:
+        clean["notes"] = [*clean.get("notes", []), "non-finite numbers written as null: " + ", ".join(found)]
+    return json.dumps(clean, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # the portable way reads it by setting it (and puts it back)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path``: temp file in the same directory, fsync, chmod to 0666 & ~umask,
+    rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+FALLBACK_ENV = "SLIMBENCH_FALLBACK_DIR"
+
+
+def write_fallback(record: dict, exc: OSError, intended: Path) -> Path | None:
+    """When the store cannot take a record (full disk, lost mount, permissions): the full record to
+    stderr, and to the first directory that takes it ($SLIMBENCH_FALLBACK_DIR, the home dir, the temp
+    dir, the current dir). Returns that file (None if no directory took it)."""
+    text = record_json(record)
+    name = intended.name
+    saved = None
+    for folder in [os.environ.get(FALLBACK_ENV), str(Path.home()), tempfile.gettempdir(), os.getcwd()]:
+        if not folder:
+            continue
+        target = Path(folder) / f"slimbench-unsaved-{name}"
+        try:
+            with open(target, "x", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            saved = target
+            break
+        except OSError:
+            continue
+    where = f"it was saved to {str(saved)!r}" if saved else "no fallback directory could take it either"
+    print(f"slimbench: error: could not write the record to {str(intended)!r} ({type(exc).__name__}: {exc}); {where}; "
+          f"the full record follows on stderr (copy it to {str(intended.parent)!r} to store it)", file=sys.stderr, flush=True)
+    print(text, file=sys.stderr, flush=True)
+    return saved
 
 
 def _json_default(obj):

@@ -60,8 +60,8 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
     store = ResultStore(tmp_path / "results")
     records = list(store.records())
     assert len(records) == 3  # dense ignores sparsity: its two jobs share one run_id
-    assert all(r["status"] == "ok" for r in records)
-    assert {r["method"]["name"] for r in records} == {"dense", "magnitude"}
+    assert all(r.status == "ok" for r in records)
+    assert {r.method_name for r in records} == {"dense", "magnitude"}
 
     again, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert again.returncode == 0
@@ -82,15 +82,16 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
 
 @pytest.mark.slow
 def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, text_dir):
-    # job 0 is invalid (sparsity 1.5); job 1 fails while evaluating (seqlen > max positions); job 2 is fine
-    sweep = ["-m", "method=magnitude", "method.sparsity=1.5,0.5",
-             "eval.evaluators.perplexity.seqlen=4096,128", *[a for a in TINY if "seqlen" not in a]]
+    # a pipeline of two block drops on the 2-block tiny-llama: drop_n=5 is invalid (checked against the config's
+    # block count before loading); the second block_drop fails after loading (one block is left); magnitude is fine
+    sweep = ["-m", "method=stages", "+method@method.0=block_drop", "method.0.drop_n=5,1", "+method@method.1=magnitude,block_drop",
+             "method.1.drop_n=1", "calib.nsamples=2", "calib.seqlen=64", *TINY]
     proc, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert proc.returncode == 2  # an invalid job makes the sweep's exit code non-zero
     statuses = [line.split("|")[3].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "overrides" not in line]
-    assert statuses == ["invalid", "invalid", "failed", "ok"], proc.stdout
+    assert statuses == ["invalid", "invalid", "ok", "failed"], proc.stdout
     records = list(ResultStore(tmp_path / "results").records())
-    assert sorted(r["status"] for r in records) == ["failed", "ok"]
+    assert sorted(r.status for r in records) == ["failed", "ok"]
 
 
 def test_single_run_prints_a_result_table(tmp_path, text_dir):

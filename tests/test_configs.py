@@ -15,6 +15,8 @@ from slimbench.run import plan_run
 from tests.conftest import CONF_DIR
 
 EXTRA = {("model", "hf"): ["model.id=gpt2"]}
+# tiny-llama deep enough for every preset's defaults (layer dropping's drop_n=4 needs more than 4 blocks)
+DEEP_TINY = ("model=tiny-llama", "model.config.num_hidden_layers=6")
 
 
 METHOD_PRESETS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER)
@@ -41,13 +43,13 @@ def test_every_config_composes_and_validates(group, option, compose):
         node = OmegaConf.to_container(cfg[group])
         assert {k: node[k] for k in content} == {k: (node[k] if (group, option) in EXTRA else v) for k, v in content.items()}
     if group in ("method", "pipeline", "calib") and option != "dit-trajectory":
-        plan = plan_run(compose("model=tiny-llama", f"{group}={option}"))
+        plan = plan_run(compose(*DEEP_TINY, f"{group}={option}"))
         assert plan.stages and plan.evaluators
 
 
 @pytest.mark.parametrize("method", METHOD_PRESETS)
 def test_every_method_preset_validates(compose, method):
-    plan = plan_run(compose("model=tiny-llama", f"method={method}"))
+    plan = plan_run(compose(*DEEP_TINY, f"method={method}"))
     assert [s.name for s in plan.stages] == [method]
 
 
@@ -113,5 +115,5 @@ def test_impossible_stage_orders_fail_in_validation(compose, stages, message):
 
 @pytest.mark.parametrize("stages", [["wanda", "gptq"], ["svd_llm", "rtn"], ["flap", "block_drop"], ["sparsegpt", "awq"], ["numerical_pruning", "gptq"]])
 def test_possible_stage_orders_validate(compose, stages):
-    plan = plan_run(compose(*preflight([f"pipeline=[{','.join(stages)}]"]), "model=tiny-llama"))
+    plan = plan_run(compose(*preflight([f"pipeline=[{','.join(stages)}]"]), *DEEP_TINY))
     assert [s.name for s in plan.stages] == stages

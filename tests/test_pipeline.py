@@ -116,7 +116,8 @@ def test_multirun_grid_parameters_are_ignored_by_methods_that_lack_them(compose)
         (("model=hf", "model.id=/nonexistent/model"), "model directory '/nonexistent/model' does not exist"),
         (("model=hf", "model.id=nobody/no-such-model", "model.name=x"), "unknown model 'nobody/no-such-model'"),
         (("eval.evaluators.perplexity.seqlen=1",), "seqlen must be >= 2"),
-        (("calib.nsamples=0", "method=magnitude"), None),  # magnitude needs no calibration: fine
+        (("calib.nsamples=0", "method=magnitude"), "calib.nsamples must be >= 1"),  # validated even where unused
+        (("calib.seqlen=4096", "method=magnitude"), None),  # but its data and context only where a stage calibrates
     ],
 )
 def test_bad_input_is_rejected_before_any_weights_load(compose, monkeypatch, overrides, match):

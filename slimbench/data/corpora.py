@@ -15,7 +15,7 @@ exact text handed to the tokenizer (both sources).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -79,13 +79,15 @@ CORPORA.register(
 
 @dataclass(frozen=True)
 class CorpusRef:
-    """Where a corpus split comes from, resolved without reading it (cheap; pre-load check)."""
+    """Where a corpus split comes from, resolved before any weights load (a local file is
+    hashed and checked to be non-empty UTF-8 text then)."""
 
     name: str
     split: str
     source: str  # "local" | "hub"
     path: str | None
     file_sha256: str | None
+    size_bytes: int | None = field(default=None, compare=False)  # local files (not part of the fingerprint)
 
     def fingerprint(self) -> dict:
         return {
@@ -110,8 +112,11 @@ class Corpus:
 
 def check_data_dir(data_dir: str | None) -> Path | None:
     """The data dir as a Path; a clear error if it is set but missing."""
-    if data_dir in (None, "", "null"):
+    if data_dir is None or data_dir == "null":
         return None
+    if not str(data_dir).strip():
+        raise DataUnavailableError("paths.data_dir is empty: set it to a directory holding the datasets, or to null to use the "
+                                   "Hugging Face hub (is SLIMBENCH_DATA_DIR set but empty?)")
     path = Path(str(data_dir)).expanduser()
     if not path.is_dir():
         raise DataUnavailableError(
@@ -135,6 +140,35 @@ def sha256_file(path: Path) -> str:
     return _sha256_file(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+@lru_cache(maxsize=64)
+def _text_problem(path: str, size: int, mtime_ns: int) -> str | None:  # size/mtime key the cache
+    if size == 0:
+        return "is empty"
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = "at its end (truncated?)" if exc.end >= len(data) else f"at byte {exc.start}"
+        return f"is not valid UTF-8 ({data[exc.start:exc.end]!r} {where}): a damaged or truncated copy?"
+    return None
+
+
+def check_text_file(path: Path, what: str) -> None:
+    """A local text file the run will read: non-empty, valid UTF-8 (checked once per file version)."""
+    stat = path.stat()
+    problem = _text_problem(str(path), stat.st_size, stat.st_mtime_ns)
+    if problem:
+        raise DataUnavailableError(f"{what}: {str(path)!r} {problem}")
+
+
+def check_holds(ref: CorpusRef, tokens: int, what: str) -> None:
+    """A local corpus file can give ``tokens`` tokens: a token is at least one byte (byte-level
+    and SentencePiece tokenizers), plus up to two special tokens, so fewer bytes cannot."""
+    if ref.size_bytes is not None and ref.size_bytes + 2 < tokens:
+        raise DataUnavailableError(f"{ref.name} {ref.split}: {ref.path!r} is too short ({ref.size_bytes} bytes) for {what} "
+                                   f"({tokens} tokens); is it truncated?")
+
+
 def resolve_corpus(name: str, split: str, data_dir: str | None) -> CorpusRef:
     """Locate a corpus split; raises before anything heavy happens if it is unavailable."""
     try:
@@ -152,7 +186,8 @@ def resolve_corpus(name: str, split: str, data_dir: str | None) -> CorpusRef:
         path = root / rel
         if not path.is_file():
             raise DataUnavailableError(f"{name} {split}: expected file {str(path)!r} in the data dir")
-        return CorpusRef(name, split, "local", str(path), sha256_file(path))
+        check_text_file(path, f"{name} {split}")
+        return CorpusRef(name, split, "local", str(path), sha256_file(path), path.stat().st_size)
     if split not in spec.hub_splits:
         raise ConfigError(f"{name} has no split {split!r} (splits: {', '.join(spec.hub_splits)})")
     hub = f"{spec.hub_path}/{spec.hub_name}" if spec.hub_name else spec.hub_path

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from slimbench.models.bundle import ModelBundle
+from slimbench.models.bundle import ModelBundle, ModelShape
 from slimbench.records import Metric  # noqa: F401  (re-exported: evaluators build Metrics)
 from slimbench.registry import Registry
 
@@ -25,6 +25,7 @@ class EvalContext:
     seed: int
     threads: int
     cache_dir: Path | None = None  # where evaluators may cache derived data (e.g. converted task files)
+    shape: ModelShape = field(default_factory=ModelShape)  # what the model's config says (pre-load checks)
 
 
 class Evaluator(Protocol):

@@ -104,6 +104,10 @@ class Latency:
         self.config = config
 
     def check(self, ctx: EvalContext) -> dict:
+        tokens, limit = self.config.prompt_len + self.config.new_tokens, ctx.shape.max_positions
+        if limit is not None and tokens > limit:
+            raise ConfigError(f"latency prompt_len + new_tokens = {tokens} exceeds the model's context "
+                              f"(max_position_embeddings {limit})")
         return {}
 
     def __call__(self, bundle, ctx: EvalContext) -> EvalResult:

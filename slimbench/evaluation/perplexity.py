@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from slimbench.data.corpora import load_corpus, resolve_corpus
+from slimbench.data.corpora import check_holds, load_corpus, resolve_corpus
 from slimbench.data.sampler import tokenize_stream
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
@@ -52,6 +52,11 @@ def window_nlls(bundle, windows: torch.Tensor, batch_size: int, desc: str) -> to
     return out
 
 
+def _check_context(seqlen: int, max_positions: int | None) -> None:
+    if max_positions is not None and seqlen > max_positions:
+        raise ConfigError(f"perplexity seqlen {seqlen} exceeds the model's context (max_position_embeddings {max_positions})")
+
+
 @EVALUATORS.register("perplexity")
 class Perplexity:
     name = "perplexity"
@@ -63,14 +68,14 @@ class Perplexity:
         self.config = config
 
     def check(self, ctx: EvalContext) -> dict:
+        _check_context(self.config.seqlen, ctx.shape.max_positions)
         self._ref = resolve_corpus(self.config.dataset, self.config.split, ctx.data_dir)
+        check_holds(self._ref, self.config.seqlen, "one perplexity window of seqlen")
         return {f"{self.config.dataset}/{self.config.split}": self._ref.fingerprint()}
 
     def __call__(self, bundle, ctx: EvalContext) -> EvalResult:
         cfg = self.config
-        max_pos = getattr(bundle.model.config, "max_position_embeddings", None)
-        if max_pos is not None and cfg.seqlen > max_pos:
-            raise ConfigError(f"perplexity seqlen {cfg.seqlen} exceeds the model's max_position_embeddings {max_pos}")
+        _check_context(cfg.seqlen, getattr(bundle.model.config, "max_position_embeddings", None))
         corpus = load_corpus(self._ref)
         ids = tokenize_stream(bundle.tokenizer, corpus)
         n_windows = ids.numel() // cfg.seqlen

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 from slimbench.data.sampler import CalibrationSet
 from slimbench.errors import ConfigError
 from slimbench.models.adapters import Adapter
-from slimbench.models.bundle import ModelBundle
+from slimbench.models.bundle import ModelBundle, ModelShape
 from slimbench.records import CHANGES, LayerReport  # noqa: F401  (re-exported for methods)
 from slimbench.registry import Registry
 
@@ -119,14 +119,18 @@ class Method(Protocol):
     def check(self, adapter: Adapter) -> None:
         """Pre-load structural check (e.g. required linear roles); raise ConfigError."""
 
+    def check_shape(self, shape: ModelShape) -> None:
+        """Pre-load check against the sizes the model's config states (e.g. how many blocks
+        there are to drop); fields may be None (unknown): then nothing is checked."""
+
     def plan(self, bundle: ModelBundle, calib: CalibrationSet | None) -> SequentialPlan | None: ...
 
     def apply(self, bundle: ModelBundle, calib: CalibrationSet | None) -> MethodResult: ...
 
 
 class MethodBase:
-    """What ``register_method`` gives every method: the constructor, a no-op ``check``, and an
-    ``apply`` that runs ``plan()`` through the calibration engine."""
+    """What ``register_method`` gives every method: the constructor, no-op ``check`` and
+    ``check_shape``, and an ``apply`` that runs ``plan()`` through the calibration engine."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -141,6 +145,9 @@ class MethodBase:
         self.config = config
 
     def check(self, adapter: Adapter) -> None:
+        return None
+
+    def check_shape(self, shape: ModelShape) -> None:
         return None
 
     def plan(self, bundle: ModelBundle, calib: CalibrationSet | None) -> SequentialPlan | None:

@@ -13,6 +13,15 @@ KINDS = ("causal_lm", "diffusion")
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """Sizes the model's config states, known before its weights load (for pre-load checks;
+    None where the loader cannot tell)."""
+
+    blocks: int | None = None  # transformer blocks (num_hidden_layers)
+    max_positions: int | None = None  # the context the model was built for (max_position_embeddings)
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """Identity of a model, resolved before its weights load (part of the run_id)."""
 
@@ -22,6 +31,7 @@ class ModelSource:
     model_type: str
     identity: dict = field(default_factory=dict)  # id/path, revision or sha256, ...
     dtype: str = "float32"
+    shape: ModelShape = field(default_factory=ModelShape, compare=False)  # not part of the identity
 
     def to_dict(self) -> dict:
         return {

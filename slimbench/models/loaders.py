@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ from typing import Any, Protocol
 
 import torch
 
-from slimbench.errors import ConfigError
+from slimbench.errors import ConfigError, one_line
 from slimbench.models.adapters import ADAPTERS, adapter_for
-from slimbench.models.bundle import KINDS, ModelBundle, ModelSource
+from slimbench.models.bundle import KINDS, ModelBundle, ModelShape, ModelSource
 from slimbench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,67 @@ def _require_adapter(model_type: str, name: str) -> None:
 def _finish(model: torch.nn.Module, tokenizer: Any, source: ModelSource, ctx: LoadContext) -> ModelBundle:
     model = model.to(device=ctx.device, dtype=DTYPES[source.dtype]).eval()
     return ModelBundle(model=model, tokenizer=tokenizer, kind=source.kind, adapter=adapter_for(source.model_type), source=source)
+
+
+def _shape_of(hf_config: Any) -> ModelShape:
+    """Blocks and context of a transformers config (its standard attribute names)."""
+    return ModelShape(blocks=getattr(hf_config, "num_hidden_layers", None), max_positions=getattr(hf_config, "max_position_embeddings", None))
+
+
+def _check_builds(hf_config: Any, name: str) -> None:
+    """Build the model on the meta device (no memory, no weights): a config whose sizes cannot make
+    a model (a negative width, ...) fails here in one line instead of at load."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(hf_config)
+    except Exception as exc:  # noqa: BLE001 - any failure to build is bad input
+        raise ConfigError(f"model {name!r}: its config does not build a model ({one_line(exc)})") from None
+
+
+# -- content identity of local files ---------------------------------------------------------------
+def file_sha256(path: Path, cache_dir: Path | None) -> str:
+    """sha256 of a file, remembered in ``<cache_dir>/file-sha256.json`` by (path, size, mtime,
+    inode): a file rewritten in place gets a new mtime and is hashed again."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    index = cache_dir / "file-sha256.json" if cache_dir is not None else None
+    known = _read_json(index) if index is not None else {}
+    if key in known:
+        return known[key]
+    digest = _sha256_of([path])
+    if index is not None:
+        live = {k: v for k, v in _read_json(index).items() if Path(k.split("|")[0]).exists()}
+        _write_json_atomic(index, {**live, key: digest})
+    return digest
+
+
+def directory_digest(folder: Path, cache_dir: Path | None) -> str:
+    """One sha256 over every regular file at the top of a checkpoint directory (weights, config,
+    tokenizer), by name: what the directory holds, not where it is."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    listing = {p.name: file_sha256(p, cache_dir) for p in files}
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError as exc:  # a cache: never fail a run because of it
+        log.warning("could not update %s (%s)", path, exc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,38 +171,59 @@ class HFLoader:
     Config = HFConfig
 
     def check(self, name, kind, dtype, config: HFConfig, ctx) -> ModelSource:
+        """A local directory is identified by its content (``directory_digest``), a hub model by
+        its resolved revision."""
         path = Path(config.id).expanduser()
         identity: dict = {"id": config.id}
         if config.id.startswith(("/", ".", "~")) and not path.exists():
             raise ConfigError(f"model directory {config.id!r} does not exist")
         if path.exists():
-            cfg_file = path / "config.json"
-            if not cfg_file.is_file():
-                raise ConfigError(f"model directory {str(path)!r} has no config.json")
-            model_type = json.loads(cfg_file.read_text()).get("model_type", "")
+            hf_config = self._local_config(path)
             identity["path"] = str(path.resolve())
+            identity["content_sha256"] = directory_digest(path, ctx.cache_dir)
         else:
-            from transformers import AutoConfig
-
-            if not _hub_cached(config.id, config.revision) and not _hub_reachable():
-                raise ConfigError(
-                    f"unknown model {config.id!r}: not a local directory, not in the Hugging Face cache, "
-                    "and the hub cannot be reached (offline)"
-                )
-            try:
-                hf_config = AutoConfig.from_pretrained(
-                    config.id, revision=config.revision, trust_remote_code=config.trust_remote_code
-                )
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(
-                    f"unknown model {config.id!r}: not a local directory, and the Hugging Face hub has no such "
-                    f"model or cannot be reached ({first})"
-                ) from None
-            model_type = hf_config.model_type
+            hf_config = self._hub_config(config)
             identity["revision"] = getattr(hf_config, "_commit_hash", None) or config.revision or "main"
-        _require_adapter(model_type, name)
-        return ModelSource(name=name, kind=kind, loader="hf", model_type=model_type, identity=identity, dtype=dtype)
+        _require_adapter(hf_config.model_type, name)
+        return ModelSource(name=name, kind=kind, loader="hf", model_type=hf_config.model_type, identity=identity, dtype=dtype,
+                           shape=_shape_of(hf_config))
+
+    @staticmethod
+    def _local_config(path: Path):
+        from transformers import AutoConfig
+
+        if not path.is_dir():
+            raise ConfigError(f"model directory {str(path)!r} is not a directory")
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ConfigError(f"model directory {str(path)!r} has no config.json")
+        try:
+            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"model directory {str(path)!r}: config.json is not valid JSON ({one_line(exc)})") from None
+        if not isinstance(raw, dict) or not raw.get("model_type"):
+            raise ConfigError(f"model directory {str(path)!r}: config.json names no model_type")
+        try:
+            return AutoConfig.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - transformers' validation errors come in several types
+            raise ConfigError(f"model directory {str(path)!r}: config.json is not a valid config ({one_line(exc)})") from None
+
+    @staticmethod
+    def _hub_config(config: HFConfig):
+        from transformers import AutoConfig
+
+        if not _hub_cached(config.id, config.revision) and not _hub_reachable():
+            raise ConfigError(
+                f"unknown model {config.id!r}: not a local directory, not in the Hugging Face cache, "
+                "and the hub cannot be reached (offline)"
+            )
+        try:
+            return AutoConfig.from_pretrained(config.id, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        except Exception as exc:
+            raise ConfigError(
+                f"unknown model {config.id!r}: not a local directory, and the Hugging Face hub has no such "
+                f"model or cannot be reached ({one_line(exc)})"
+            ) from None
 
     def load(self, source, config: HFConfig, ctx) -> ModelBundle:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -218,13 +301,34 @@ class GGUFPackageLoader:
                 raise ConfigError(f"model {name!r}: GGUF sha256 {sha} differs from the expected {config.sha256}")
         _require_adapter(config.family, name)
         identity = {"gguf_sha256": sha, "gguf_file": parts[0].name.split(".part")[0], "upstream": config.upstream}
-        return ModelSource(name=name, kind=kind, loader="gguf_package", model_type=config.family, identity=identity, dtype=dtype)
+        return ModelSource(name=name, kind=kind, loader="gguf_package", model_type=config.family, identity=identity, dtype=dtype,
+                           shape=self._shape(cache, parts))
+
+    @staticmethod
+    def _shape(cache: Path, parts: list[Path]) -> ModelShape:
+        """From the converted cache's config.json, else from the GGUF header (block_count, context_length)."""
+        if (cache / "config.json").is_file():
+            raw = json.loads((cache / "config.json").read_text())
+            return ModelShape(raw.get("num_hidden_layers"), raw.get("max_position_embeddings"))
+        try:
+            from gguf import GGUFReader
+
+            fields = GGUFReader(parts[0]).fields
+            arch = bytes(fields["general.architecture"].parts[-1]).decode()
+
+            def value(key):
+                f = fields.get(f"{arch}.{key}")
+                return None if f is None else int(f.parts[-1][0])
+
+            return ModelShape(value("block_count"), value("context_length"))
+        except Exception:  # noqa: BLE001 - an unreadable header only skips the pre-load size checks
+            return ModelShape()
 
     @staticmethod
     def _cache_dir(name: str, parts: list[Path], ctx: LoadContext) -> Path:
         # keyed by file sizes and mtimes so a reinstalled package gets a fresh cache
         key = hashlib.sha256("|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()).hexdigest()
-        return ctx.cache_dir / "models" / f"{name}-{key[:16]}"
+        return ctx.cache_dir / "models" / f"{path_safe(name)}-{key[:16]}"
 
     def load(self, source, config: GGUFPackageConfig, ctx) -> ModelBundle:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -304,15 +408,17 @@ class FromConfigLoader:
         ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         try:
             hf_config = AutoConfig.for_model(config.family, vocab_size=len(tokenizer), **ids, **dict(config.config))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot build a {config.family!r} config: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - transformers' config validation raises several types
+            raise ConfigError(f"cannot build a {config.family!r} config from model.config: {one_line(exc)}") from None
         return hf_config, tokenizer
 
     def check(self, name, kind, dtype, config: FromConfigConfig, ctx) -> ModelSource:
         _require_adapter(config.family, name)
-        self._hf_config(config)
+        hf_config, _ = self._hf_config(config)
+        _check_builds(hf_config, name)
         identity = {"config": dict(config.config), "init_seed": config.init_seed, "tokenizer": config.tokenizer}
-        return ModelSource(name=name, kind=kind, loader="from_config", model_type=config.family, identity=identity, dtype=dtype)
+        return ModelSource(name=name, kind=kind, loader="from_config", model_type=config.family, identity=identity, dtype=dtype,
+                           shape=_shape_of(hf_config))
 
     def load(self, source, config: FromConfigConfig, ctx) -> ModelBundle:
         from transformers import AutoModelForCausalLM
@@ -342,10 +448,9 @@ class DiTLoader:
     def check(self, name, kind, dtype, config: DiTLoaderConfig, ctx) -> ModelSource:
         from slimbench.models.dit import DiTConfig
 
-        try:
-            arch = DiTConfig(**dict(config.config))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model {name!r}: bad DiT config: {exc}") from None
+        from slimbench.configs import build_dataclass
+
+        arch = build_dataclass(DiTConfig, dict(config.config), owner=f"model {name!r}: model.config")
         identity: dict = {"config": arch.to_dict(), "init_seed": config.init_seed}
         if config.checkpoint:
             path = Path(config.checkpoint).expanduser()
@@ -355,7 +460,8 @@ class DiTLoader:
             if config.sha256 and sha != config.sha256:
                 raise ConfigError(f"model {name!r}: checkpoint sha256 {sha} differs from the expected {config.sha256}")
             identity = {**identity, "checkpoint": str(path), "sha256": sha}
-        return ModelSource(name=name, kind=kind, loader="dit", model_type=arch.model_type, identity=identity, dtype=dtype)
+        return ModelSource(name=name, kind=kind, loader="dit", model_type=arch.model_type, identity=identity, dtype=dtype,
+                           shape=ModelShape(blocks=arch.num_blocks))
 
     def load(self, source, config: DiTLoaderConfig, ctx) -> ModelBundle:
         from slimbench.models.dit import DiT, DiTConfig
@@ -371,13 +477,32 @@ class DiTLoader:
 
 # --------------------------------------------------------------------------------------------
 COMMON_KEYS = ("name", "kind", "loader", "dtype")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def check_model_name(name: Any) -> str:
+    """A model's name as records show it: a non-empty string without control characters. It
+    may hold ``/`` (hub ids, the default name of ``model=hf``); file names use ``path_safe``."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        name = str(name)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model.name must be a non-empty string, got {name!r}")
+    if any(ord(ch) < 32 for ch in name):
+        raise ConfigError(f"model.name {name!r} holds control characters")
+    return name
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one file-name component that stays inside its directory (``org/model`` ->
+    ``org_model``, ``../../x`` -> ``_.._x``)."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"
 
 
 def resolve_model(model_cfg: dict, ctx: LoadContext) -> tuple[ModelSource, Loader, Any]:
     """Validate a ``model`` config node and resolve its identity without loading weights."""
     from slimbench.configs import build_dataclass
 
-    name = model_cfg.get("name") or "?"
+    name = check_model_name(model_cfg.get("name"))
     kind = model_cfg.get("kind", "causal_lm")
     if kind not in KINDS:
         raise ConfigError(f"model {name!r}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")

@@ -20,13 +20,16 @@ from __future__ import annotations
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_drop_count, check_sublayer, sublayer_drop
 
 
 @register_method("attn_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
 class AttnDrop(MethodBase):
     def check(self, adapter) -> None:
         check_sublayer(adapter, "attn")
+
+    def check_shape(self, shape) -> None:
+        check_drop_count(self.config.drop_n, shape, ("attn",))
 
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, block_drop
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, block_drop, check_drop_count
 
 
 @register_method("block_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
 class BlockDrop(MethodBase):
+    def check_shape(self, shape) -> None:
+        check_drop_count(self.config.drop_n, shape, ("block",))
+
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         return block_drop(bundle, calib, self.config)

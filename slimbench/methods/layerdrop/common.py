@@ -271,6 +271,13 @@ def check_count(n: int, available: int, what: str) -> None:
         raise ConfigError(f"drop_n={n} must be smaller than the number of {what} ({available})")
 
 
+def check_drop_count(n: int, shape, kinds: tuple[str, ...]) -> None:
+    """Before weights load: apply()'s bound, from the block count the model's config states."""
+    if shape.blocks is not None:
+        what = "blocks" if kinds == ("block",) else "+".join(kinds) + " sublayers"
+        check_count(n, shape.blocks * len(kinds), what)
+
+
 # -- the shared apply() of the similarity-based drops ----------------------------------------------
 CALIBRATION_NOTE = "paper calibration: C4, 256 x 2048 tokens; this run: its configured calibration set (see calibration)"
 

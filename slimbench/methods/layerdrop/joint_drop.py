@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, SUBLAYERS, DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, SUBLAYERS, DropConfig, check_drop_count, check_sublayer, sublayer_drop
 
 
 @register_method("joint_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
@@ -25,6 +25,9 @@ class JointDrop(MethodBase):
     def check(self, adapter) -> None:
         for sublayer in SUBLAYERS:
             check_sublayer(adapter, sublayer)
+
+    def check_shape(self, shape) -> None:
+        check_drop_count(self.config.drop_n, shape, SUBLAYERS)
 
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:

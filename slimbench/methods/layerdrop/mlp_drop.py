@@ -18,13 +18,16 @@ from __future__ import annotations
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_sublayer, sublayer_drop
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, check_drop_count, check_sublayer, sublayer_drop
 
 
 @register_method("mlp_drop", config=DropConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)
 class MlpDrop(MethodBase):
     def check(self, adapter) -> None:
         check_sublayer(adapter, "mlp")
+
+    def check_shape(self, shape) -> None:
+        check_drop_count(self.config.drop_n, shape, ("mlp",))
 
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:

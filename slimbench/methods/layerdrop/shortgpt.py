@@ -27,7 +27,7 @@ import torch
 
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, BlockInfluenceCosine, DropConfig, block_drop
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, BlockInfluenceCosine, DropConfig, block_drop, check_drop_count
 from slimbench.models.adapters import get_path
 
 
@@ -49,6 +49,9 @@ class ShortGPT(MethodBase):
     def check(self, adapter) -> None:
         if self.config.final_norm_last and adapter.final_norm is None:
             raise ConfigError(f"{adapter.family} models: final_norm_last needs a final norm; set method.final_norm_last=false")
+
+    def check_shape(self, shape) -> None:
+        check_drop_count(self.config.drop_n, shape, ("block",))
 
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
