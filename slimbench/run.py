@@ -32,7 +32,6 @@ from slimbench.data.sampler import CalibConfig, CalibrationSet, TrajectoryCalibC
 from slimbench.errors import ConfigError
 from slimbench.evaluation import EVALUATORS, EvalContext
 from slimbench.evaluation.size import footprint, module_params
-from slimbench.kernels.serialization import save_compressed
 from slimbench.methods import METHODS
 from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, run_sequential
 from slimbench.models.adapters import adapter_for
@@ -94,6 +93,7 @@ class RunOutcome:
     record: RunRecord | None = None
     path: Path | None = None
     reason: str = ""
+    bundle: ModelBundle | None = None  # the compressed model (runs that executed and loaded it)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -266,6 +266,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         data=plan.data,
     )
     watch, stage, started = Stopwatch(), "start", time.perf_counter()
+    bundle = None
     tracker_ok = _start_tracker(tracker, plan, record)
     try:
         seed_everything(plan.eval_ctx.seed)
@@ -280,16 +281,17 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         stage = "compress"
         record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
         watch.durations["compress_s"] = record.compression.wall_time_s
-        if plan.cfg.get("save_dir"):
-            stage = "save"
-            record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
 
         stage = "evaluate"
         evaluate(plan, bundle, record, watch)
         if record.evaluator_errors:
             failed = ", ".join(e["evaluator"] for e in record.evaluator_errors)
             record.error = {"stage": "evaluate", "type": "EvaluatorError", "message": f"evaluator(s) failed: {failed}"}
-        else:
+        if plan.cfg.get("save_dir"):  # after evaluation: the model card holds the measured metrics
+            stage = "save"
+            with watch.time("save_s"):
+                record.artifacts["saved_model"] = _save_model(plan, bundle, record)
+        if not record.evaluator_errors:
             record.status = "ok"
     except BaseException as exc:
         record.error = {"stage": stage, **_error(exc)}
@@ -303,7 +305,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         path = store.write(record.to_dict())
         if tracker_ok:
             _finish_tracker(tracker, record)
-    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path)
+    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path, bundle=bundle)
 
 
 def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> None:
@@ -329,10 +331,11 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
     record.protocol_fingerprint = stable_hash(quality) if record.protocols else None
 
 
-def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> Path:
-    """The compressed model as safetensors + JSON (``save_dir``/<run_id>/; see kernels.serialization)."""
-    meta = {"run_id": plan.run_id, "model": plan.source.to_dict(), "method": record.method}
-    return save_compressed(bundle.model, Path(plan.cfg["save_dir"]) / plan.run_id, meta=meta)
+def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> dict:
+    """The compressed model as a Hugging Face directory ``save_dir``/<run_id>/ (see slimbench.checkpoint)."""
+    from slimbench.checkpoint import save_pretrained
+
+    return save_pretrained(bundle, Path(plan.cfg["save_dir"]) / plan.run_id, record=record).to_dict()
 
 
 # -- compression -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from torch import nn
 from slimbench.calibration import BlockCosine, CalibrationEngine
 from slimbench.errors import ConfigError
 from slimbench.hooks import FunctionHook, HookRegistry
+from slimbench.kernels.skipped import SkippedAttention, SkippedMLP
 from slimbench.methods.base import LayerReport, MethodResult
 from slimbench.models.adapters import Adapter, get_path, set_path
 
@@ -208,22 +209,6 @@ def most_similar(similarity: dict[Key, float], n: int) -> list[Key]:
 
 
 # -- surgery ----------------------------------------------------------------------------------
-class SkippedAttention(nn.Module):
-    """A dropped attention sublayer: no parameters, no compute, no cache; adds zero."""
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden.new_zeros(()), None
-
-
-class SkippedMLP(nn.Module):
-    """A dropped MLP sublayer: no parameters, no compute; adds zero."""
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden.new_zeros(())
-
-
 _SKIPPED = {"attn": SkippedAttention, "mlp": SkippedMLP}
 
 
