@@ -193,7 +193,8 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     # data the run will read
     threads = int(cfg.get("threads") or torch.get_num_threads())
     eval_ctx = EvalContext(
-        data_dir=data_dir, device=load_ctx.device, seed=int(cfg.get("seed", 0)), threads=threads, cache_dir=load_ctx.cache_dir
+        data_dir=data_dir, device=load_ctx.device, seed=int(cfg.get("seed", 0)), threads=threads, cache_dir=load_ctx.cache_dir,
+        log_samples=bool((cfg.get("tracker") or {}).get("log_samples", False)),
     )
     data: dict = {}
     for _, ev in evaluators:
@@ -266,7 +267,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         data=plan.data,
     )
     watch, stage, started = Stopwatch(), "start", time.perf_counter()
-    bundle = None
+    bundle, samples = None, {}
     tracker_ok = _start_tracker(tracker, plan, record)
     try:
         seed_everything(plan.eval_ctx.seed)
@@ -283,7 +284,9 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         watch.durations["compress_s"] = record.compression.wall_time_s
 
         stage = "evaluate"
-        evaluate(plan, bundle, record, watch)
+        samples = evaluate(plan, bundle, record, watch)
+        if samples:
+            record.artifacts["samples"] = _write_samples(store, record, samples)
         if record.evaluator_errors:
             failed = ", ".join(e["evaluator"] for e in record.evaluator_errors)
             record.error = {"stage": "evaluate", "type": "EvaluatorError", "message": f"evaluator(s) failed: {failed}"}
@@ -304,12 +307,14 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
         record.timings = {k: round(v, 3) for k, v in watch.durations.items()}
         path = store.write(record.to_dict())
         if tracker_ok:
-            _finish_tracker(tracker, record)
+            _finish_tracker(tracker, record, path, samples)
     return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path, bundle=bundle)
 
 
-def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> None:
-    """Run every evaluator (one failing does not stop the others); metrics and per-evaluator protocols."""
+def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> dict:
+    """Run every evaluator (one failing does not stop the others); metrics and per-evaluator
+    protocols go into the record; returns the per-document samples evaluators kept (when asked)."""
+    samples = {}
     for name, evaluator in plan.evaluators:
         try:
             seed_everything(plan.eval_ctx.seed)
@@ -327,8 +332,26 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
         record.protocols[name] = {"fingerprint": fingerprint, "version": evaluator.version, **result.protocol}
         if result.details:
             record.artifacts[name] = result.details
+        if result.samples:
+            samples[name] = result.samples
     quality = {n: p["fingerprint"] for n, p in record.protocols.items() if not getattr(EVALUATORS.get(n), "machine_dependent", False)}
     record.protocol_fingerprint = stable_hash(quality) if record.protocols else None
+    return samples
+
+
+def _write_samples(store: ResultStore, record: RunRecord, samples: dict) -> dict:
+    """Per-document samples as JSONL next to the records (``samples/<run_id>__<attempt>/<evaluator>.<task>.jsonl``)."""
+    import json
+
+    folder = store.root / "samples" / f"{record.run_id}__{record.attempt_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for evaluator, per_task in samples.items():
+        for task, rows in per_task.items():
+            path = folder / f"{evaluator}.{task}.jsonl"
+            path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
+            files[f"{evaluator}.{task}"] = str(path)
+    return files
 
 
 def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> dict:
@@ -487,9 +510,9 @@ def _start_tracker(tracker: Tracker, plan: RunPlan, record: RunRecord) -> bool:
         return False
 
 
-def _finish_tracker(tracker: Tracker, record: RunRecord) -> None:
+def _finish_tracker(tracker: Tracker, record: RunRecord, path: Path | None = None, samples: dict | None = None) -> None:
     try:
-        tracker.log_record(record)
+        tracker.log_record(record, path=path, samples=samples)
     except Exception as exc:
         log.warning("tracker failed to log the record (%s: %s)", type(exc).__name__, exc)
     finally:

@@ -49,6 +49,7 @@ from slimbench.hooks import FunctionHook, HookRegistry
 from slimbench.kernels.skipped import SkippedAttention, SkippedMLP
 from slimbench.methods.base import LayerReport, MethodResult
 from slimbench.models.adapters import Adapter, get_path, set_path
+from slimbench.params import check_params, param
 
 SUBLAYERS = ("attn", "mlp")
 # removing modules works whatever they hold (plain, pruned, factored or packed); runtime hooks come last
@@ -58,11 +59,12 @@ PER_LAYER_CONFIG_LISTS = ("layer_types", "kv_sharing_modes")
 
 @dataclass(frozen=True)
 class DropConfig:
-    drop_n: int = 4  # number of modules (sublayers or blocks) removed
-    iterative: bool = False  # drop one module per round and re-score the dropped model
+    drop_n: int = param(4, "number of modules (sublayers or blocks) removed", ge=1)
+    iterative: bool = param(False, "drop one module per round and re-score the dropped model", choices=(True, False))
 
     def __post_init__(self) -> None:
-        if isinstance(self.drop_n, bool) or not isinstance(self.drop_n, int) or self.drop_n < 1:
+        check_params(self)
+        if not isinstance(self.drop_n, int):
             raise ConfigError(f"drop_n must be an integer >= 1, got {self.drop_n!r}")
 
 
