@@ -27,7 +27,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from slimbench.plugins import CONF_DIR, conf_roots  # light: no torch, no Hydra
+
 HELP = """usage: slimbench [run] [-m] [key=value ...]
        slimbench leaderboard [--results-dir DIR] [--model M] [--suite S] [--methods a,b] [--markdown FILE]
        slimbench methods [NAME] | evaluators [NAME] | models [NAME]   [--json]
@@ -67,8 +68,6 @@ log = logging.getLogger("slimbench")
 
 def _options(group: str) -> list[str]:
     """The presets of a config group: slimbench's and every installed plugin's (``slimbench.plugins``)."""
-    from slimbench.plugins import conf_roots
-
     names = {p.stem for root in conf_roots() for p in (root / group).glob("*.yaml")}
     return sorted(names - {PIPELINE_PLACEHOLDER})
 

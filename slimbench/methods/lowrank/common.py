@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimbench.errors import ConfigError
 from slimbench.kernels.factored import factorize, saves_parameters
 from slimbench.records import LayerReport
 from slimbench.params import param

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
-from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.pruning import structured as st
 from slimbench.methods.pruning.numerical_pruning import STATS_KEY

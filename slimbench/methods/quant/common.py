@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import QuantLinear, num_groups
 from slimbench.models.adapters import set_path
 from slimbench.records import LayerReport
