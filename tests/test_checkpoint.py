@@ -266,3 +266,15 @@ def test_a_model_with_runtime_hooks_is_saved_in_slimbench_format_and_its_hooks_r
     assert sorted(HookRegistry.of(model).names()) == sorted(bundle.hooks.names())
     with pytest.raises(CheckpointError, match="runtime hooks"):
         save_pretrained(bundle, tmp_path / "unnamed")
+
+
+def test_a_model_saved_on_another_device_type_is_repacked_for_this_ones_kernels(tmp_path):
+    bundle = build("tiny-llama")
+    compress(RTN(RTNConfig(bits=4, group_size=32)), bundle, None)
+    saved = save_pretrained(bundle, tmp_path / "elsewhere")
+    probe(bundle, tmp_path / "elsewhere")
+    _edit_manifest(saved.path, lambda doc: doc.update(device="cuda"), rehash=True)  # as if saved on a GPU
+    model = load_pretrained(saved.path)
+    ref = torch.load(tmp_path / "elsewhere" / "probe.pt")
+    with torch.no_grad():
+        assert torch.equal(model(**ref["inputs"]).logits, ref["output"])  # rebuilt from codes for this device's layout
