@@ -48,7 +48,9 @@ def _title(doc: dict, record: Any) -> str:
     origin = source.get("upstream") or source.get("id") or source.get("path") or source.get("loader")
     lines = [f"# {name} · {method} (slimbench)", "", f"`{name}` ({origin}) compressed with slimbench."]
     if record is not None:
-        lines.append(f"Record: run `{record.run_id}`, attempt `{record.attempt_id}`, status `{record.status}`.")
+        lines.append(f"Record: run `{record.run_id}`, attempt `{record.attempt_id}`.")
+        for error in record.evaluator_errors:
+            lines.append(f"Evaluator `{error['evaluator']}` failed: {error['type']}: {error['message']}")
     return "\n".join(lines)
 
 
