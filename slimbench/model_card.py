@@ -86,13 +86,17 @@ def _compression(record: Any) -> str:
         return "-" if b is None else f"{b / 2**20:.1f} MiB"
     rows = [("parameters", f"{comp.params_before:,} → {comp.params_after:,}" if comp.params_before else "-"),
             ("bytes", f"{mib(comp.bytes_before)} → {mib(comp.bytes_after)}"),
-            ("bits per weight (block linears)", f"{comp.bits_per_weight_before} → {comp.bits_per_weight_after}"),
+            ("bits per weight (block linears)", f"{_num(comp.bits_per_weight_before)} → {_num(comp.bits_per_weight_after)}"),
             ("sparsity (block linears, measured)", "-" if comp.sparsity is None else f"{comp.sparsity:.4f}"),
             ("execution path", f"`{comp.execution_path}`")]
     cal = comp.calibration or {}
     if cal:
         rows.append(("calibration", ", ".join(f"{k}={v}" for k, v in sorted(cal.items()) if not isinstance(v, dict))))
     return "## Compression\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _metrics(record: Any) -> str:
