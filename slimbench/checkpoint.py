@@ -122,7 +122,10 @@ _CODEC_OF = {codec.cls: name for name, codec in CODECS.items()}
 
 
 def _direct_tensors(module: nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in [*module._parameters.items(), *module._buffers.items()] if v is not None}
+    """Shapes of the tensors a module itself saves (parameters and persistent buffers: buffers
+    derived from the config, like rotary frequencies, are rebuilt with the architecture)."""
+    persistent = {k: v for k, v in module._buffers.items() if k not in module._non_persistent_buffers_set}
+    return {k: tuple(v.shape) for k, v in [*module._parameters.items(), *persistent.items()] if v is not None}
 
 
 def changed_modules(model: nn.Module, skeleton: nn.Module) -> dict[str, nn.Module]:

@@ -278,3 +278,17 @@ def test_a_model_saved_on_another_device_type_is_repacked_for_this_ones_kernels(
     ref = torch.load(tmp_path / "elsewhere" / "probe.pt")
     with torch.no_grad():
         assert torch.equal(model(**ref["inputs"]).logits, ref["output"])  # rebuilt from codes for this device's layout
+
+
+def test_dropped_blocks_are_a_standard_config_gemma3_sliding_layers_included(tmp_path):
+    """Whole blocks dropped: num_hidden_layers and layer_types shrink, plain transformers loads it exactly
+    (rotary buffers the config no longer builds, e.g. of a dropped full-attention layer, are not weights)."""
+    cls, method = _method_from_preset("block_drop", ("method.drop_n=1",))
+    bundle = build("tiny-gemma3")
+    compress(method, bundle, _calibration(bundle, FIXTURE_DATA_DIR))
+    saved = save_pretrained(bundle, tmp_path / "dropped")
+    config = json.loads((tmp_path / "dropped" / "config.json").read_text())
+    assert saved.format == "hf" and config["num_hidden_layers"] == 2 and len(config["layer_types"]) == 2
+    probe(bundle, tmp_path / "dropped")
+    diffs = fresh_process(PLAIN_TRANSFORMERS, {"dropped": saved.path}, tmp_path)
+    assert diffs == {"dropped": 0.0, "slimbench imported": False}
