@@ -60,8 +60,8 @@ def test_multirun_writes_records_the_leaderboard_shows_and_a_rerun_skips(tmp_pat
     store = ResultStore(tmp_path / "results")
     records = list(store.records())
     assert len(records) == 3  # dense ignores sparsity: its two jobs share one run_id
-    assert all(r["status"] == "ok" for r in records)
-    assert {r["method"]["name"] for r in records} == {"dense", "magnitude"}
+    assert all(r.status == "ok" for r in records)
+    assert {r.method_name for r in records} == {"dense", "magnitude"}
 
     again, _ = _run(sweep, tmp_path, text_dir, timeout=300)
     assert again.returncode == 0
@@ -90,7 +90,7 @@ def test_a_sweep_goes_on_past_bad_and_failing_jobs(tmp_path, text_dir):
     statuses = [line.split("|")[3].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "overrides" not in line]
     assert statuses == ["invalid", "invalid", "failed", "ok"], proc.stdout
     records = list(ResultStore(tmp_path / "results").records())
-    assert sorted(r["status"] for r in records) == ["failed", "ok"]
+    assert sorted(r.status for r in records) == ["failed", "ok"]
 
 
 def test_single_run_prints_a_result_table(tmp_path, text_dir):
