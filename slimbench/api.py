@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -76,9 +77,10 @@ def _hydra_value(value: Any) -> str:
         return "null"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_hydra_value(v) for v in value) + "]"
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    text = str(value)
+    if isinstance(value, (str, Path)) and not re.fullmatch(r"[\w./:@+-]*", text):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's quoted string
+    return text
 
 
 def compose_config(overrides: list[str]) -> dict:
