@@ -1,8 +1,10 @@
-"""The ``slimbench`` command.
+"""The ``slimbench`` command: a thin layer over the Python API (``slimbench.api``) and Hydra.
 
     slimbench [overrides]            one run (Hydra), prints its result table
     slimbench -m [overrides]         a sweep (Hydra multirun), prints one row per job
     slimbench leaderboard [options]  Markdown (+CSV) tables from the results store
+    slimbench methods [name]         the methods (or one method's parameters); also evaluators, models
+    slimbench --help                 what the command does
 
 Before Hydra starts, the overrides are checked: an unknown config-group option
 (``method=nope``) is reported in one line with the available choices. Overrides of keys
@@ -27,7 +29,36 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from slimbench.plugins import CONF_DIR, conf_roots  # light: no torch, no Hydra
+
+HELP = """usage: slimbench [run] [-m] [key=value ...]
+       slimbench leaderboard [--results-dir DIR] [--model M] [--suite S] [--methods a,b] [--markdown FILE]
+       slimbench methods [NAME] | evaluators [NAME] | models [NAME]   [--json]
+
+Benchmark transformer compression: Hydra composes model x method x evaluation; every run writes
+one JSON record (results dir: paths.results_dir or SLIMBENCH_RESULTS_DIR) and prints its table.
+
+subcommands:
+  run (default)   one run; with -m a sweep over comma-separated values (one record per job)
+  leaderboard     Markdown tables (+CSV) from the results store, never mixing protocols
+  methods         every method: family, calibration, execution path, summary and citation;
+                  `slimbench methods wanda`: its parameters with types, defaults, valid values
+  evaluators      every evaluator (perplexity, zeroshot, latency, size, ...) and its parameters
+  models          every model preset and its loader's parameters
+
+config groups (choose with group=option; see `slimbench --cfg job` for the composed config):
+{groups}
+
+examples:
+  slimbench method=wanda method.sparsity=0.5
+  slimbench method=gptq method.group_size=64 eval=ppl save_dir=models
+  slimbench pipeline='[wanda,gptq]' method.0.pattern=2:4
+  slimbench -m method=dense,magnitude method.sparsity=0.3,0.5
+  slimbench model=saved model.path=models/<run_id> eval=zeroshot-quick
+
+Hydra's own flags: --cfg job|hydra|all, --info, --hydra-help, -m/--multirun.
+Python: import slimbench; slimbench.experiment(...), slimbench.compress(...), slimbench.results(...),
+slimbench.load_pretrained(dir). README.md has the details."""
 GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher")
 VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
 PIPELINE_PLACEHOLDER = "stages"  # conf/method/stages.yaml: an empty node the stage presets fill
@@ -39,8 +70,9 @@ log = logging.getLogger("slimbench")
 
 
 def _options(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER) if folder.is_dir() else []
+    """The presets of a config group: slimbench's and every installed plugin's (``slimbench.plugins``)."""
+    names = {p.stem for root in conf_roots() for p in (root / group).glob("*.yaml")}
+    return sorted(names - {PIPELINE_PLACEHOLDER})
 
 
 def _hydra_options(group: str) -> list[str]:
@@ -262,17 +294,20 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
             return EXIT_UNSAVED
         return 0 if status == "ok" else 1
 
-    rows = []
-    for e in sorted(entries, key=lambda e: e.get("job", 0)):
+    rows, records = [], {}
+    entries = sorted(entries, key=lambda e: e.get("job", 0))
+    varying, common = split_overrides([e.get("overrides", []) for e in entries])
+    for e, overrides in zip(entries, varying):
         metrics: dict = {}
         path = e.get("path")
         if path and Path(path).is_file():
             rec = RunRecord.from_dict(json.loads(Path(path).read_text()))
+            records[rec.run_id] = rec
             metrics = {m.key: m.value for m in rec.metrics}
         rows.append(
             [
                 str(e.get("job", "")),
-                " ".join(e.get("overrides", [])),
+                " ".join(overrides) or "-",
                 e["status"],
                 (e.get("run_id") or "-")[:10],
                 fmt(metrics.get("perplexity.perplexity"), "{:.3f}"),
@@ -280,7 +315,9 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
                 (e.get("error") or e.get("reason") or "")[:70],
             ]
         )
-    print("\n### sweep\n\n" + markdown_table(["job", "overrides", "status", "run_id", "ppl", "decode tok/s", "note"], rows))
+    shared = f"\nevery job: {' '.join(common)}\n" if common else ""
+    print("\n### sweep\n" + shared + "\n" + markdown_table(["job", "overrides", "status", "run_id", "ppl", "decode tok/s", "note"], rows))
+    _log_sweep(list(records.values()))
     statuses = {e["status"] for e in entries}
     unsaved = [e for e in entries if e.get("unsaved")]
     for e in unsaved:
@@ -289,6 +326,53 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
     if unsaved:
         return EXIT_UNSAVED
     return 2 if "invalid" in statuses else 1 if statuses & {"failed", "crashed", "interrupted", "killed"} else 0
+
+
+def _log_sweep(records: list) -> None:
+    """The sweep's leaderboard rows to the tracker the jobs used (W&B: one run per invocation)."""
+    if not records:
+        return
+    from slimbench.tracking import make_tracker
+
+    try:
+        make_tracker(records[0].config.get("tracker") or {"name": "none"}).log_sweep(records, group=os.environ.get(INVOCATION_ENV))
+    except Exception as exc:  # the tracker is a sink: never fail the sweep because of it
+        log.warning("tracker failed to log the sweep (%s: %s)", type(exc).__name__, exc)
+
+
+def split_overrides(jobs: list[list[str]]) -> tuple[list[list[str]], list[str]]:
+    """(per job: the overrides whose value varies across the jobs, the overrides every job shares);
+    slimbench's ``++`` spelling of validated-node overrides is shown as the user wrote it."""
+    parsed = [dict(_override_pair(o) for o in overrides) for overrides in jobs]
+    keys = list(dict.fromkeys(k for job in parsed for k in job))
+    constant = [k for k in keys if len({job.get(k) for job in parsed}) == 1 and len(parsed) > 1]
+    varying = [[f"{k}={v}" for k, v in job.items() if k not in constant] for job in parsed]
+    return varying, [f"{k}={parsed[0][k]}" for k in constant]
+
+
+def _override_pair(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def catalog_main(kind: str, argv: list[str]) -> int:
+    """``slimbench methods|evaluators|models [NAME] [--json]``."""
+    from slimbench import catalog
+    from slimbench.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog=f"slimbench {kind}", description=f"The {kind} slimbench knows (plugins included).")
+    parser.add_argument("name", nargs="?", help=f"one of the {kind}: its parameters")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    try:
+        if args.json:
+            print(json.dumps(getattr(catalog, kind)(args.name), indent=1, default=str))
+        else:
+            print(getattr(catalog, f"{kind}_text")(args.name))
+    except ConfigError as exc:
+        print(f"slimbench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def leaderboard_main(argv: list[str]) -> int:
@@ -323,8 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "leaderboard":
         return leaderboard_main(argv[1:])
+    if argv and argv[0] in ("methods", "evaluators", "models"):
+        return catalog_main(argv[0], argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
+    if argv[:1] == ["help"] or any(a in ("-h", "--help") for a in argv):
+        print(HELP.format(groups="\n".join(f"  {g:<15} {', '.join(_options(g)) or '-'}" for g in GROUPS)))
+        return 0
     from slimbench.errors import ConfigError, RunInterrupted
 
     try:
@@ -333,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimbench: error: {exc}", file=sys.stderr)
         return 2
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    informational = any(a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
+    informational = any(a in ("--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
     fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl")
     os.close(fd)
     os.environ[JOURNAL_ENV] = journal

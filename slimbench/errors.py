@@ -30,3 +30,6 @@ def one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return lines[-1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+class CheckpointError(ValueError):
+    """A saved model that cannot be loaded as it claims: missing or corrupted files, metadata that
+    does not match its tensors, or a model whose modules slimbench cannot describe."""

@@ -2,8 +2,10 @@
 
 A name maps to exactly one object: registering a second object under a taken name is an
 error, and a lookup of an unknown name says which names exist and suggests the closest one.
-Third-party packages add methods through the ``slimbench.methods`` entry-point group; they
-are imported the first time the method registry is asked for something it does not hold.
+Third-party packages add methods, evaluators, model loaders and adapters through the entry-point
+groups ``slimbench.methods``, ``slimbench.evaluators``, ``slimbench.loaders`` and
+``slimbench.adapters`` (``slimbench.plugins``); they are imported the first time a registry is
+asked for something it does not hold.
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from slimbench.data.sampler import CalibConfig, CalibrationSet, TrajectoryCalibC
 from slimbench.errors import ConfigError, RunInterrupted
 from slimbench.evaluation import EVALUATORS, EvalContext
 from slimbench.evaluation.size import footprint, module_params
-from slimbench.kernels.serialization import save_compressed
 from slimbench.methods import METHODS
 from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, run_sequential
 from slimbench.models.adapters import adapter_for
@@ -103,6 +102,7 @@ class RunOutcome:
     path: Path | None = None  # the record (or, when the store could not take it, the fallback file)
     reason: str = ""
     write_error: str | None = None  # set when the store could not take the record
+    bundle: ModelBundle | None = None  # the compressed model (runs that executed and loaded it)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -223,7 +223,8 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     # data the run will read
     threads = settings.threads or torch.get_num_threads()
     eval_ctx = EvalContext(
-        data_dir=data_dir, device=load_ctx.device, seed=settings.seed, threads=threads, cache_dir=load_ctx.cache_dir, shape=source.shape
+        data_dir=data_dir, device=load_ctx.device, seed=settings.seed, threads=threads, cache_dir=load_ctx.cache_dir, shape=source.shape,
+        log_samples=bool((cfg.get("tracker") or {}).get("log_samples", False)),
     )
     data: dict = {}
     for _, ev in evaluators:
@@ -300,6 +301,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
     watch, started = Stopwatch(), time.perf_counter()
     progress = _Progress(store, record)
     tracker_ok, interrupted = False, None
+    bundle, samples, path = None, {}, None
     with stop_on_signals():
         try:
             progress.reached("start")
@@ -318,12 +320,15 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             progress.reached("compress")
             record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
             watch.durations["compress_s"] = record.compression.wall_time_s
-            if plan.settings.save_dir:
-                progress.reached("save")
-                record.artifacts["saved_model"] = str(_save_model(plan, bundle, record))
 
             progress.reached("evaluate")
-            evaluate(plan, bundle, record, watch)
+            samples = evaluate(plan, bundle, record, watch)
+            if samples:
+                record.artifacts["samples"] = _write_samples(store, record, samples)
+            if plan.settings.save_dir:  # after evaluation: the model card holds the measured metrics
+                progress.reached("save")
+                with watch.time("save_s"):
+                    record.artifacts["saved_model"] = _save_model(plan, bundle, record)
             if record.evaluator_errors:
                 record.error = _evaluator_failure(record.evaluator_errors)
             else:
@@ -346,10 +351,10 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             record.timings = {k: round(v, 3) for k, v in watch.durations.items()}
             path, write_error = _write_record(store, record)
             if tracker_ok:
-                _finish_tracker(tracker, record)
+                _finish_tracker(tracker, record, path, samples)
             if interrupted is not None:
                 interrupted.record_path = path
-    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path, write_error=write_error)
+    return RunOutcome(status=record.status, run_id=plan.run_id, record=record, path=path, write_error=write_error, bundle=bundle)
 
 
 class _Progress:
@@ -434,8 +439,10 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, s
             signal.signal(sig, old)
 
 
-def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> None:
-    """Run every evaluator (one failing does not stop the others); metrics and per-evaluator protocols."""
+def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> dict:
+    """Run every evaluator (one failing does not stop the others); metrics and per-evaluator
+    protocols go into the record; returns the per-document samples evaluators kept (when asked)."""
+    samples = {}
     for name, evaluator in plan.evaluators:
         try:
             seed_everything(plan.eval_ctx.seed)
@@ -458,14 +465,33 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
         record.protocols[name] = {"fingerprint": fingerprint, "version": evaluator.version, **result.protocol}
         if result.details:
             record.artifacts[name] = result.details
+        if result.samples:
+            samples[name] = result.samples
     quality = {n: p["fingerprint"] for n, p in record.protocols.items() if not getattr(EVALUATORS.get(n), "machine_dependent", False)}
     record.protocol_fingerprint = stable_hash(quality) if record.protocols else None
+    return samples
 
 
-def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> Path:
-    """The compressed model as safetensors + JSON (``save_dir``/<run_id>/; see kernels.serialization)."""
-    meta = {"run_id": plan.run_id, "model": plan.source.to_dict(), "method": record.method}
-    return save_compressed(bundle.model, Path(plan.settings.save_dir).expanduser() / plan.run_id, meta=meta)
+def _write_samples(store: ResultStore, record: RunRecord, samples: dict) -> dict:
+    """Per-document samples as JSONL next to the records (``samples/<run_id>__<attempt>/<evaluator>.<task>.jsonl``)."""
+    import json
+
+    folder = store.root / "samples" / f"{record.run_id}__{record.attempt_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for evaluator, per_task in samples.items():
+        for task, rows in per_task.items():
+            path = folder / f"{evaluator}.{task}.jsonl"
+            path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
+            files[f"{evaluator}.{task}"] = str(path)
+    return files
+
+
+def _save_model(plan: RunPlan, bundle: ModelBundle, record: RunRecord) -> dict:
+    """The compressed model as a Hugging Face directory ``save_dir``/<run_id>/ (see slimbench.checkpoint)."""
+    from slimbench.checkpoint import save_pretrained
+
+    return save_pretrained(bundle, Path(plan.settings.save_dir).expanduser() / plan.run_id, record=record).to_dict()
 
 
 # -- compression -------------------------------------------------------------------------------
@@ -617,9 +643,9 @@ def _start_tracker(tracker: Tracker, plan: RunPlan, record: RunRecord) -> bool:
         return False
 
 
-def _finish_tracker(tracker: Tracker, record: RunRecord) -> None:
+def _finish_tracker(tracker: Tracker, record: RunRecord, path: Path | None = None, samples: dict | None = None) -> None:
     try:
-        tracker.log_record(record)
+        tracker.log_record(record, path=path, samples=samples)
     except Exception as exc:
         log.warning("tracker failed to log the record (%s: %s)", type(exc).__name__, exc)
     finally:

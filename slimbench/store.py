@@ -136,7 +136,8 @@ def method_label(rec: RunRecord) -> str:
 
 def flatten_record(rec: RunRecord) -> dict:
     """One flat row: identity, one column per metric (and its stderr), per method parameter,
-    per evaluator fingerprint, and the compression summary."""
+    per evaluator fingerprint and protocol field (``protocol.<evaluator>.<field>``), and the
+    compression summary."""
     row = {
         "run_id": rec.run_id,
         "attempt_id": rec.attempt_id,
@@ -157,6 +158,9 @@ def flatten_record(rec: RunRecord) -> dict:
             row[prefix + key] = value
     for name, proto in rec.protocols.items():
         row[f"fingerprint.{name}"] = proto.get("fingerprint")
+        for key, value in proto.items():  # what each evaluator measured: seqlen, windows, limit, threads, ...
+            if key != "fingerprint" and (value is None or isinstance(value, (bool, int, float, str))):
+                row[f"protocol.{name}.{key}"] = value
     for m in rec.metrics:
         row[m.key] = m.value
         if m.stderr is not None:

@@ -15,10 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 MODEL=${MODEL:-smollm2-135m}
+# shellcheck source=sweeps/out.sh
+source sweeps/out.sh
 COMMON=(model="$MODEL" eval=ppl calib.nsamples=256 calib.seqlen=2048)
 
 "$PY" -m slimbench.cli -m "${COMMON[@]}" method=dense "$@"
 "$PY" -m slimbench.cli -m "${COMMON[@]}" method=attn_drop,mlp_drop,block_drop method.drop_n=4,8,12 "$@"
 "$PY" -m slimbench.cli -m "${COMMON[@]}" method=shortgpt method.drop_n=4,8 "$@"
 "$PY" -m slimbench.cli leaderboard --model "$MODEL" --suite ppl --methods dense,attn_drop,mlp_drop,block_drop,shortgpt \
-  --markdown "results/leaderboards/layerdrop-$MODEL.md"
+  --markdown "$OUT/layerdrop-$MODEL.md"

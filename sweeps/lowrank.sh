@@ -21,6 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SLIMBENCH=${SLIMBENCH:-.venv/bin/python -m slimbench.cli}
 MODEL=${MODEL:-smollm2-135m}
+# shellcheck source=sweeps/out.sh
+source sweeps/out.sh
 EVAL=${EVAL:-ppl}
 RATIOS=${RATIOS:-0.1,0.2,0.4}
 SVDLLM_CALIB=${SVDLLM_CALIB:-calib.nsamples=256 calib.seqlen=2048}
@@ -38,4 +40,4 @@ run method=fwsvd method.ratio="$RATIOS" $FWSVD_CALIB
 run method=asvd method.ratio="$RATIOS" $ASVD_CALIB $ASVD_SENS
 
 $SLIMBENCH leaderboard --model "$MODEL" --suite "$EVAL" --methods dense,svd,fwsvd,asvd,svd_llm \
-  --markdown "results/leaderboards/lowrank-$MODEL.md"
+  --markdown "$OUT/lowrank-$MODEL.md"

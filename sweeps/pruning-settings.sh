@@ -2,6 +2,8 @@
 # that both scripts' runs fall into one protocol group and share the dense run.
 PYTHON=${PYTHON:-.venv/bin/python}    # runs this checkout's code (python -m slimbench.cli)
 MODEL=${MODEL:-smollm2-135m}
+# shellcheck source=sweeps/out.sh
+source sweeps/out.sh
 NSAMPLES=${NSAMPLES:-128}             # calibration windows
 SEQLEN=${SEQLEN:-2048}                # calibration window length
 WINDOWS=${WINDOWS:-null}              # perplexity windows (null = the whole test split)

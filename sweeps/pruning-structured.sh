@@ -31,4 +31,4 @@ if [ "${NP_UNITS:-0}" = 1 ]; then
 fi
 
 slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,numerical_pruning,flap \
-  --markdown "results/leaderboards/pruning-structured-$MODEL.md"
+  --markdown "$OUT/pruning-structured-$MODEL.md"

@@ -28,4 +28,4 @@ bash sweeps/pruning-structured.sh "$@"
 # ---------------------------------------------------------------------------------------------
 
 slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,magnitude,wanda,sparsegpt,numerical_pruning,flap \
-  --markdown "results/leaderboards/pruning-$MODEL.md"
+  --markdown "$OUT/pruning-$MODEL.md"

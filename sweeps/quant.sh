@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}    # runs this checkout's code (python -m slimbench.cli)
 MODEL=${MODEL:-smollm2-135m}
+# shellcheck source=sweeps/out.sh
+source sweeps/out.sh
 NSAMPLES=${NSAMPLES:-128}             # calibration windows
 SEQLEN=${SEQLEN:-2048}                # calibration window length (GPTQ, SmoothQuant, mixed precision)
 AWQ_SEQLEN=${AWQ_SEQLEN:-512}         # AWQ's reference calibration length
@@ -59,4 +61,4 @@ slimbench -m "${COMMON[@]}" "calib.seqlen=$SEQLEN" method=rtn,gptq method.bits=4
 slimbench -m "${COMMON[@]}" "calib.seqlen=$AWQ_SEQLEN" method=awq method.bits=4 "method.group_size=$G_KERNEL" "$@"
 
 slimbench leaderboard --model "$MODEL" --suite ppl --methods dense,rtn,gptq,awq,smoothquant,mixed_precision \
-  --markdown "results/leaderboards/quant-$MODEL.md"
+  --markdown "$OUT/quant-$MODEL.md"

@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 
 SLIMBENCH=${SLIMBENCH:-.venv/bin/python -m slimbench.cli}
 MODEL=${MODEL:-smollm2-135m}
+# shellcheck source=sweeps/out.sh
+source sweeps/out.sh
 EVAL=${EVAL:-zeroshot}
 METHODS=${METHODS:-dense,wanda,rtn}
 PARAMS=${PARAMS:-method.sparsity=0.5 method.bits=4 method.group_size=128}
@@ -23,4 +25,4 @@ EXTRA=${EXTRA:-}
 # shellcheck disable=SC2086  # word splitting of SLIMBENCH, PARAMS and EXTRA is intended
 $SLIMBENCH -m model="$MODEL" eval="$EVAL" method="$METHODS" $PARAMS $EXTRA
 # shellcheck disable=SC2086
-$SLIMBENCH leaderboard --model "$MODEL" --suite "$EVAL" --methods "$METHODS" --markdown "results/leaderboards/zeroshot-$MODEL.md"
+$SLIMBENCH leaderboard --model "$MODEL" --suite "$EVAL" --methods "$METHODS" --markdown "$OUT/zeroshot-$MODEL.md"

@@ -100,3 +100,69 @@ def test_single_run_prints_a_result_table(tmp_path, text_dir):
     assert "| perplexity.perplexity |" in proc.stdout and "record: " in proc.stdout
     path = Path(proc.stdout.split("record: ")[1].split()[0])
     assert path.is_file()
+
+
+def _table_only(stdout: str) -> bool:
+    """stdout holds slimbench's table and the record path, nothing else (no log line, no library print)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return bool(lines) and lines[0].startswith("### ") and all(l.startswith(("|", "### ", "record: ")) for l in lines)
+
+
+def test_a_default_run_prints_only_its_table_and_no_future_warning(tmp_path, text_dir):
+    proc, _ = _run(TINY, tmp_path, text_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _table_only(proc.stdout), proc.stdout
+    assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_zero_shot_runs_stdout_holds_only_the_table(tmp_path, data_dir):
+    proc, _ = _run([*TINY, "eval=zeroshot-quick", "eval.evaluators.zeroshot.limit=2"], tmp_path, data_dir, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _table_only(proc.stdout), proc.stdout
+    assert "lm_eval" in proc.stderr  # lm-eval's logs went to stderr (and the log file)
+
+
+def test_help_lists_the_subcommands_and_the_listings_explain_methods(tmp_path, text_dir):
+    help_, _ = _run(["--help"], tmp_path, text_dir)
+    assert help_.returncode == 0
+    for word in ("leaderboard", "methods", "evaluators", "models", "model ", "method ", "wanda"):
+        assert word in help_.stdout
+    listing, _ = _run(["methods"], tmp_path, text_dir)
+    from slimbench.methods import METHODS
+
+    rows = {line.split("|")[1].strip() for line in listing.stdout.splitlines() if line.startswith("| ")}
+    assert listing.returncode == 0 and rows == {"method", *METHODS.names()}  # the header and every method
+    wanda, _ = _run(["methods", "wanda"], tmp_path, text_dir)
+    assert "| sparsity | float | 0.5 | in [0, 1) |" in wanda.stdout and "arXiv 2306.11695" in wanda.stdout
+    bad, _ = _run(["methods", "wand"], tmp_path, text_dir)
+    assert bad.returncode == 2 and "did you mean 'wanda'" in bad.stderr
+
+
+def test_sweep_summaries_show_the_shared_overrides_once_and_per_job_only_what_varies():
+    from slimbench.cli import split_overrides
+
+    jobs = [["++model.x=1", "method=dense", "++method.sparsity=0.3", "tracker=none"],
+            ["++model.x=1", "method=magnitude", "++method.sparsity=0.3", "tracker=none"],
+            ["++model.x=1", "method=magnitude", "++method.sparsity=0.5", "tracker=none"]]
+    varying, common = split_overrides(jobs)
+    assert common == ["model.x=1", "tracker=none"]
+    assert varying == [["method=dense", "method.sparsity=0.3"], ["method=magnitude", "method.sparsity=0.3"],
+                       ["method=magnitude", "method.sparsity=0.5"]]
+
+
+@pytest.mark.parametrize("model,temporary", [("tiny-llama", True), ("smollm2-135m", False)])
+def test_sweep_smoke_tests_write_into_a_temporary_directory(model, temporary):
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "SLIMBENCH_RESULTS_DIR")}
+    proc = subprocess.run(["bash", "-c", f"MODEL={model}; source sweeps/out.sh; echo $OUT; echo ${{SLIMBENCH_RESULTS_DIR:-unset}}"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=env)
+    out, results = proc.stdout.split()
+    if temporary:
+        assert Path(out).is_dir() and "results/" not in out and results == f"{out}/runs"
+    else:
+        assert out == "results/leaderboards" and results == "unset"
+    for script in Path(__file__).resolve().parents[1].glob("sweeps/*.sh"):
+        text = script.read_text()
+        if "--markdown" in text:
+            assert "source sweeps/out.sh" in text or "pruning-settings.sh" in text, script
+            assert '--markdown "$OUT/' in text and '--markdown "results/' not in text, script

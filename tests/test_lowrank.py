@@ -185,21 +185,22 @@ def test_bad_configs(cls, kwargs, match):
         cls(**kwargs)
 
 
-def test_factored_model_saves_and_reloads_through_the_pipeline_format(tiny_bundle, tmp_path):
-    from slimbench.kernels.serialization import load_compressed, save_compressed, saved_modules
+def test_factored_model_saves_and_reloads_without_a_dense_model(tiny_bundle, tmp_path):
+    import json
+
+    from slimbench.checkpoint import load_pretrained, save_pretrained
 
     bundle = tiny_bundle("tiny-llama")
     SVD(SVDConfig(ratio=0.3)).apply(bundle, None)
     expected = _logits(bundle)
-    save_compressed(bundle.model, tmp_path / "ckpt", meta={"method": "svd", "ratio": 0.3})
-    modules = saved_modules(tmp_path / "ckpt")
+    saved = save_pretrained(bundle, tmp_path / "ckpt")
+    assert saved.format == "slimbench"
+    modules = json.loads((tmp_path / "ckpt" / "slimbench.json").read_text())["modules"]
     assert {m["type"] for m in modules.values()} == {"factored"} and len(modules) == 14
     assert modules["model.layers.0.mlp.down_proj"]["rank"] == keep_rank(64, 128, 0.7)
-    fresh = tiny_bundle("tiny-llama")
-    torch.manual_seed(123)
-    for p in fresh.model.parameters():  # make sure the weights really come from the file
-        torch.nn.init.normal_(p)
-    load_compressed(fresh.model, tmp_path / "ckpt")
-    assert torch.equal(_logits(fresh), expected)
-    assert fresh.adapter.tied_embeddings(fresh.model)
-    assert footprint(fresh.model, fresh.adapter).params == footprint(bundle.model, bundle.adapter).params
+    torch.manual_seed(123)  # the skeleton's random init must not leak into the loaded weights
+    model = load_pretrained(tmp_path / "ckpt")
+    bundle.model, reloaded = model, bundle.model
+    assert torch.equal(_logits(bundle), expected)
+    assert bundle.adapter.tied_embeddings(model)
+    assert footprint(model, bundle.adapter).params == footprint(reloaded, bundle.adapter).params

@@ -140,7 +140,7 @@ def test_sparsity_zero_leaves_the_weights_unchanged(calibrated):
     [
         ({"sparsity": -0.1}, r"sparsity must be in \[0, 1\)"),
         ({"pattern": "2:4", "sparsity": 0.25}, "fixes the sparsity at 0.5"),
-        ({"blocksize": 0}, "blocksize must be a positive integer"),
+        ({"blocksize": 0}, "blocksize must be >= 1"),
         ({"pattern": "4:8", "blocksize": 12}, "multiple of M=8"),
         ({"percdamp": 0.0}, r"percdamp must be in \(0, 1\]"),
     ],

@@ -18,21 +18,19 @@ import torch
 
 from slimbench.data.corpora import Corpus, CorpusRef, load_corpus
 from slimbench.errors import ConfigError
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class CalibConfig:
-    dataset: str = "wikitext2"
-    split: str = "validation"
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
+    dataset: str = param("wikitext2", "text corpus the windows are drawn from (wikitext2, ptb)")
+    split: str = param("validation", "its split (train is not available offline)")
+    nsamples: int = param(128, "windows drawn", ge=1)
+    seqlen: int = param(2048, "tokens per window", ge=2)
+    seed: int = param(0, "seed of the draw: random.seed(seed); randint(0, n_tokens - seqlen - 1) per window")
 
     def __post_init__(self) -> None:
-        if self.nsamples < 1:
-            raise ConfigError(f"calib.nsamples must be >= 1, got {self.nsamples}")
-        if self.seqlen < 2:
-            raise ConfigError(f"calib.seqlen must be >= 2, got {self.seqlen}")
+        check_params(self)
 
 
 @dataclass(frozen=True)
@@ -40,18 +38,13 @@ class TrajectoryCalibConfig:
     """Calibration of a diffusion model: the denoiser inputs along ``steps`` DDIM steps of
     ``nsamples`` images (seeded noise and classes)."""
 
-    dataset: str = "trajectory"
-    nsamples: int = 16
-    steps: int = 10
-    seed: int = 0
+    dataset: str = param("trajectory", "diffusion models calibrate on their own sampling trajectories", choices=("trajectory",))
+    nsamples: int = param(16, "images sampled", ge=1)
+    steps: int = param(10, "DDIM steps (one calibration sample per step)", ge=1)
+    seed: int = param(0, "seed of the noise and the classes")
 
     def __post_init__(self) -> None:
-        if self.dataset != "trajectory":
-            raise ConfigError(f"calib.dataset must be 'trajectory' for diffusion models, got {self.dataset!r}")
-        if self.nsamples < 1:
-            raise ConfigError(f"calib.nsamples must be >= 1, got {self.nsamples}")
-        if self.steps < 1:
-            raise ConfigError(f"calib.steps must be >= 1, got {self.steps}")
+        check_params(self)
 
 
 @dataclass

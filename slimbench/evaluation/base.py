@@ -16,6 +16,7 @@ class EvalResult:
     metrics: list[Metric]
     protocol: dict = field(default_factory=dict)  # what was measured, exactly (fingerprinted)
     details: dict = field(default_factory=dict)  # anything else worth keeping in the record
+    samples: dict = field(default_factory=dict)  # per-document samples when asked (EvalContext.log_samples); not in the record
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class EvalContext:
     threads: int
     cache_dir: Path | None = None  # where evaluators may cache derived data (e.g. converted task files)
     shape: ModelShape = field(default_factory=ModelShape)  # what the model's config says (pre-load checks)
+    log_samples: bool = False  # keep per-document samples (lm-eval's log_samples): tracker.log_samples
 
 
 class Evaluator(Protocol):
@@ -42,7 +44,7 @@ class Evaluator(Protocol):
     def __call__(self, bundle: ModelBundle, ctx: EvalContext) -> EvalResult: ...
 
 
-EVALUATORS: Registry[type] = Registry("evaluator")
+EVALUATORS: Registry[type] = Registry("evaluator", entry_point_group="slimbench.evaluators")
 
 
 def supports(evaluator_cls: type, kind: str) -> bool:

@@ -8,6 +8,7 @@ weight bandwidth as a fraction of this machine's measured copy bandwidth.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -15,26 +16,22 @@ from typing import Callable
 import torch
 
 from slimbench._system import measure_peak_rss
-from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
 from slimbench.evaluation.size import Footprint, footprint
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    prompt_len: int = 128
-    new_tokens: int = 32
-    batch_size: int = 1
-    warmup: int = 1
-    repeats: int = 5
-    denoise_steps: int = 10  # diffusion models: denoiser forwards per repeat
+    prompt_len: int = param(128, "tokens of the random prompt (prefill)", ge=1)
+    new_tokens: int = param(32, "tokens decoded greedily with the KV cache", ge=1)
+    batch_size: int = param(1, "sequences per call", ge=1)
+    warmup: int = param(1, "repeats run first and discarded", ge=0)
+    repeats: int = param(5, "measured repeats (median and p90 reported)", ge=1)
+    denoise_steps: int = param(10, "diffusion models: denoiser forwards per repeat", ge=1)
 
     def __post_init__(self) -> None:
-        for key in ("prompt_len", "new_tokens", "batch_size", "repeats", "denoise_steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.warmup < 0:
-            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        check_params(self)
 
 
 def _sync(device: torch.device) -> None:
@@ -84,6 +81,12 @@ def kv_cache_bytes(cache) -> int:
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
     return total
+
+
+def cache_argument(model) -> str:
+    """The KV cache's name in the forward call and its output: ``cache`` in current transformers
+    (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _repeat(fn: Callable[[], dict], warmup: int, repeats: int) -> list[dict]:
@@ -138,6 +141,8 @@ class Latency:
         prompt = torch.randint(0, vocab, (cfg.batch_size, cfg.prompt_len), generator=gen).to(device)
         cache_bytes: list[int] = []
 
+        cache_arg = cache_argument(model)
+
         def once() -> dict:
             bundle.hooks.reset_state()  # runtime hooks: one generation = one run
             with torch.inference_mode():
@@ -146,10 +151,10 @@ class Latency:
                 out = model(input_ids=prompt, use_cache=True)
                 _sync(device)
                 t1 = time.perf_counter()
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                cache, token = out[cache_arg], out.logits[:, -1:].argmax(-1)
                 for _ in range(cfg.new_tokens):
-                    out = model(input_ids=token, past_key_values=cache, use_cache=True)
-                    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                    out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
+                    cache, token = out[cache_arg], out.logits[:, -1:].argmax(-1)
                 _sync(device)
                 t2 = time.perf_counter()
             cache_bytes.append(kv_cache_bytes(cache))

@@ -20,23 +20,19 @@ from slimbench.data.corpora import check_holds, load_corpus, resolve_corpus
 from slimbench.data.sampler import tokenize_stream
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class PerplexityConfig:
-    dataset: str = "wikitext2"
-    split: str = "test"
-    seqlen: int = 2048
-    max_windows: int | None = None
-    batch_size: int = 1
+    dataset: str = param("wikitext2", "corpus (wikitext2, ptb)")
+    split: str = param("test", "split of the corpus")
+    seqlen: int = param(2048, "tokens per non-overlapping window", ge=2)
+    max_windows: int | None = param(None, "evaluate only the first windows (null = all); part of the fingerprint", ge=1, nullable=True)
+    batch_size: int = param(1, "windows per forward pass", ge=1)
 
     def __post_init__(self) -> None:
-        if self.seqlen < 2:
-            raise ConfigError(f"seqlen must be >= 2, got {self.seqlen}")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise ConfigError(f"max_windows must be >= 1 or null, got {self.max_windows}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_params(self)
 
 
 def window_nlls(bundle, windows: torch.Tensor, batch_size: int, desc: str) -> torch.Tensor:

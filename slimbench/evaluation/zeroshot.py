@@ -17,11 +17,13 @@ split, the converted data's sha256, few-shot count and batch size.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,17 +35,18 @@ import torch
 from slimbench.data.zeroshot import DEFAULT_TASKS, LocalTaskData, load_local_task, write_task_configs
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
+from slimbench.params import check_params, param
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    limit: int | None = None  # first N documents per task; null = the full split
-    batch_size: int = 1
-    num_fewshot: int = 0
-    bootstrap_iters: int = 1000  # lm-eval's bootstrap for non-mean metrics (lambada perplexity stderr)
+    tasks: tuple[str, ...] = param(DEFAULT_TASKS, "lm-eval task names (offline: the tasks with local data)")
+    limit: int | None = param(None, "first N documents per task (null = the full split); part of the fingerprint", ge=1, nullable=True)
+    batch_size: int = param(1, "lm-eval batch size", ge=1)
+    num_fewshot: int = param(0, "few-shot examples per prompt (needs training splits: the hub)", ge=0)
+    bootstrap_iters: int = param(1000, "lm-eval's bootstrap for non-mean metrics (lambada perplexity stderr)", ge=1)
 
     def __post_init__(self) -> None:
         tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks or ())
@@ -52,14 +55,7 @@ class ZeroShotConfig:
             raise ConfigError("tasks must list at least one task")
         if len(set(tasks)) != len(tasks):
             raise ConfigError(f"tasks lists a task twice: {list(tasks)}")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
-            raise ConfigError(f"limit must be an integer >= 1 or null, got {self.limit!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_fewshot < 0:
-            raise ConfigError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
-        if self.bootstrap_iters < 1:
-            raise ConfigError(f"bootstrap_iters must be >= 1 (0 disables every stderr), got {self.bootstrap_iters}")
+        check_params(self)
 
 
 def lm_eval_version() -> str:
@@ -173,18 +169,20 @@ class ZeroShot:
         with weights_unchanged(bundle.model, "lm-eval's HFLM wrapper"):
             lm = HFLM(pretrained=bundle.model, tokenizer=copy.deepcopy(bundle.tokenizer), batch_size=cfg.batch_size)
         start = time.perf_counter()
-        out = simple_evaluate(
-            model=lm,
-            tasks=list(cfg.tasks),
-            task_manager=task_manager,
-            num_fewshot=cfg.num_fewshot,
-            limit=cfg.limit,
-            bootstrap_iters=cfg.bootstrap_iters,
-            log_samples=False,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # lm-eval print()s progress notes: stdout holds only slimbench's tables
+            out = simple_evaluate(
+                model=lm,
+                tasks=list(cfg.tasks),
+                task_manager=task_manager,
+                num_fewshot=cfg.num_fewshot,
+                limit=cfg.limit,
+                bootstrap_iters=cfg.bootstrap_iters,
+                log_samples=ctx.log_samples,
+            )
         elapsed = time.perf_counter() - start
         metrics = metrics_from_results(out, cfg.tasks)
-        return EvalResult(metrics, self._protocol(out, lm), details=self._details(out, elapsed))
+        samples = {task: [_plain_sample(s) for s in rows] for task, rows in (out.get("samples") or {}).items()}
+        return EvalResult(metrics, self._protocol(out, lm), details=self._details(out, elapsed), samples=samples)
 
     def _protocol(self, out: dict, lm) -> dict:
         cfg = self.config
@@ -217,6 +215,13 @@ class ZeroShot:
             "lm_eval_results": out.get("results", {}),
             "lm_eval_config": {k: out.get("config", {}).get(k) for k in ("batch_size", "limit", "random_seed", "numpy_seed", "torch_seed", "fewshot_seed")},
         }
+
+
+def _plain_sample(sample: dict) -> dict:
+    """One lm-eval sample (document, target, responses, per-document metrics) as plain JSON values."""
+    import json
+
+    return json.loads(json.dumps(sample, default=str))
 
 
 def _default_cache() -> Path:

@@ -8,7 +8,7 @@ the bias. Factoring saves parameters (and FLOPs: two matmuls of ``rank·in`` and
 ``rank < in·out / (in+out)``; ``saves_parameters`` says whether a rank does, and
 ``factorize`` refuses ranks that do not.
 
-Models containing factored layers save and reload through ``slimbench.kernels.serialization``
+Models containing factored layers save and reload through ``slimbench.checkpoint``
 (``FactoredLinear.export`` / ``from_export``), the one format for every compressed module type.
 """
 
@@ -58,7 +58,7 @@ class FactoredLinear(nn.Module):
         return self.second.weight @ self.first.weight
 
     def export(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(description, tensors) for ``kernels.serialization``."""
+        """(description, tensors) for ``slimbench.checkpoint``."""
         tensors = dict(self.state_dict())
         meta = {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank, "bias": self.second.bias is not None}
         meta["tensors"] = {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()}
@@ -66,6 +66,12 @@ class FactoredLinear(nn.Module):
 
     @classmethod
     def from_export(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> "FactoredLinear":
+        """The module ``export`` described; ValueError (one line) when the rank, the shapes and the tensors disagree."""
+        n, k, r = meta["out_features"], meta["in_features"], meta["rank"]
+        shapes = {"first.weight": (r, k), "second.weight": (n, r), **({"second.bias": (n,)} if meta["bias"] else {})}
+        found = {name: tuple(t.shape) for name, t in tensors.items()}
+        if found != shapes:
+            raise ValueError(f"rank-{r} factors of a [{n}, {k}] weight are {shapes}, found {found}")
         dtype = tensors["first.weight"].dtype
         module = cls(meta["in_features"], meta["out_features"], meta["rank"], meta["bias"], dtype=dtype)
         module.load_state_dict(tensors, strict=True)

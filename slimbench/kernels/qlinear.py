@@ -142,6 +142,12 @@ class QuantLinear(nn.Module):
         """The [out, in] integer codes (int32)."""
         return _CODES[self.layout](self)
 
+    def column_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale [N, K] float32, zero point [N, K] int32) of every weight, whatever the layout:
+        ``dequantize() ≈ s·(codes() − z)`` (exact up to the kernels' bfloat16 offsets). The
+        portable grid behind the compressed-tensors export."""
+        return _COLUMN_QPARAMS[self.layout](self)
+
     def zero_count(self) -> int:
         """Weights at their group's zero point: exact zeros of the weight ``s·(q − z)`` (pruned
         weights quantized in a pipeline land there). The CPU kernels' bfloat16 offsets may hold
@@ -159,12 +165,58 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_export(cls, meta: dict, tensors: dict[str, torch.Tensor]) -> "QuantLinear":
+        """The module ``export`` described; ValueError (one line) when the description and the
+        tensors disagree (bits, group size, shapes, layout)."""
+        check_export(meta, tensors)
         tensors = dict(tensors)
         bias = tensors.pop("bias", None)
         if meta["layout"] == "int4-cpu":
             codes = packing.unpack_bits(tensors["qweight"], 4, meta["in_features"])
             tensors["qweight"] = packing.to_int4pack_cpu(codes)
         return cls(meta["in_features"], meta["out_features"], meta["bits"], meta["group_size"], meta["layout"], tensors, bias, meta.get("kernel_group"))
+
+
+def check_export(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """The tensors an exported module must hold for its layout, bits and group size."""
+    expected = _EXPORT_SHAPES.get(meta.get("layout"))
+    if expected is None:
+        raise ValueError(f"unknown layout {meta.get('layout')!r} (known: {', '.join(_EXPORT_SHAPES)})")
+    n, k, bits, gs = meta["out_features"], meta["in_features"], meta["bits"], meta["group_size"]
+    shapes = expected(n, k, bits, gs)
+    if meta["layout"] == "int4-cpu" and meta.get("kernel_group") != int4_cpu_kernel_group(k, gs):
+        raise ValueError(f"kernel group {meta.get('kernel_group')} does not fit K={k} and group size {gs}")
+    if meta.get("bias"):
+        shapes["bias"] = (n,)
+    if set(tensors) != set(shapes):
+        raise ValueError(f"layout {meta['layout']} holds tensors {sorted(shapes)}, found {sorted(tensors)}")
+    for name, shape in shapes.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{name} has shape {list(tensors[name].shape)}, but {bits}-bit {meta['layout']} codes of "
+                             f"[{n}, {k}] with group size {gs} need {list(shape)}")
+
+
+def _shapes_packed(n, k, bits, gs):
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    return {"qweight": (n, packing.packed_row_bytes(k, bits)), "scales": (n, num_groups(k, gs)), "zeros": (n, num_groups(k, gs))}
+
+
+def _shapes_fixed_bits(want: int, shapes):
+    def expected(n, k, bits, gs):
+        if bits != want:
+            raise ValueError(f"this layout stores {want}-bit codes, the description says {bits}")
+        return shapes(n, k, gs)
+    return expected
+
+
+_EXPORT_SHAPES = {
+    "int8": _shapes_fixed_bits(8, lambda n, k, gs: {"qweight": (n, k + (-k % INT8_CPU_K_MULTIPLE)), "scale": (n,), "offset": (n,)}),
+    "int4-cpu": _shapes_fixed_bits(4, lambda n, k, gs: {"qweight": (n, packing.packed_row_bytes(k, 4)),
+                                                        "scales_zeros": (k // (int4_cpu_kernel_group(k, gs) or k), n, 2)}),
+    "w8a8": _shapes_fixed_bits(8, lambda n, k, gs: {"qweight": (n, k), "wscale": (n,)}),
+    "packed": _shapes_packed,
+    "triton": _shapes_packed,
+}
 
 
 # -- layouts ---------------------------------------------------------------------------------------
@@ -251,7 +303,7 @@ _CODES = {
 
 def _zp_int4_cpu(m):
     sz = m.scales_zeros.float()  # [K/kg, N, 2]: zf = s·(8 − z)
-    z = torch.round(8 - sz[..., 1] / sz[..., 0]).t()  # [N, K/kg]
+    z = torch.where(sz[..., 0] == 0, 8.0, torch.round(8 - sz[..., 1] / sz[..., 0])).t()  # [N, K/kg] (s = 0: any z; 8)
     return z.repeat_interleave(m.kernel_group, dim=1).to(torch.int32)
 
 
@@ -262,6 +314,29 @@ _ZERO_POINTS = {
     "packed": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
     "triton": lambda m: expand_groups(m.zeros.to(torch.int32), m.in_features, m.group_size),
 }
+
+
+def _qp_int8(m):
+    n, k = m.out_features, m.in_features
+    return m.scale.float()[:, None].expand(n, k), _ZERO_POINTS["int8"](m).expand(n, k)
+
+
+def _qp_int4_cpu(m):
+    s = m.scales_zeros.float()[..., 0].t().repeat_interleave(m.kernel_group, dim=1)  # [N, K]
+    return s, _zp_int4_cpu(m)
+
+
+def _qp_w8a8(m):
+    n, k = m.out_features, m.in_features
+    return m.wscale.float()[:, None].expand(n, k), torch.zeros(n, k, dtype=torch.int32)
+
+
+def _qp_packed(m):
+    k = m.in_features
+    return expand_groups(m.scales.float(), k, m.group_size), expand_groups(m.zeros.to(torch.int32), k, m.group_size)
+
+
+_COLUMN_QPARAMS = {"int8": _qp_int8, "int4-cpu": _qp_int4_cpu, "w8a8": _qp_w8a8, "packed": _qp_packed, "triton": _qp_packed}
 
 
 def _dq_int4_cpu(m):

@@ -213,7 +213,7 @@ class Adapter:
         return [r for r in roles if r not in have]
 
 
-ADAPTERS: Registry[Adapter] = Registry("model family")
+ADAPTERS: Registry[Adapter] = Registry("model family", entry_point_group="slimbench.adapters")
 
 _LLAMA = Adapter(
     family="llama",

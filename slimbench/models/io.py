@@ -7,12 +7,20 @@ kind-neutral by going through ``bundle.io``.
 * ``slimbench_dit``: a sample is a denoiser call ``{"x": x_t [B, C, H, W], "t": [B], "y": [B]}``
   drawn along a DDIM sampling trajectory of the model itself; the output is the predicted noise.
 
+Each IO also says how its models' architecture is written and rebuilt (``write_config`` /
+``architecture``): a transformers config.json for causal LMs (so plain transformers loads a saved
+model where the weights' format allows: ``standard_format``), slimbench's DiT config for the DiT.
+Saved models (``slimbench.checkpoint``) use it.
+
 An adapter names its IO (``Adapter.io``); ``MODEL_IO`` holds one instance per name.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -52,6 +60,31 @@ class CausalLMIO:
         """The first ``length`` tokens of each window (None: unchanged)."""
         return sample if length is None else {**sample, "input_ids": sample["input_ids"][:, :length]}
 
+    # -- architecture (saved models) -------------------------------------------------------------
+    standard_format: ClassVar[bool] = True  # transformers loads the architecture from config.json
+
+    def write_config(self, model: nn.Module, directory: Path) -> None:
+        """config.json (the model's current config: fewer layers after block dropping, ...) and
+        generation_config.json."""
+        model.config.save_pretrained(directory)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(directory)
+
+    def read_config(self, directory: Path) -> Any:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(directory)
+        if hasattr(config, "quantization_config"):  # compressed-tensors' description: slimbench builds its own modules
+            del config.quantization_config
+        return config
+
+    def architecture(self, config: Any, dtype: torch.dtype, device: str | torch.device = "cpu") -> nn.Module:
+        """A model of this architecture with initialised (meaningless) weights."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
+
 
 @dataclass(frozen=True)
 class DiTSchedule:
@@ -87,6 +120,23 @@ class DiTIO:
 
     def objective(self, model: nn.Module, sample: dict) -> torch.Tensor:
         raise NotImplementedError("no whole-model objective is defined for diffusion models")
+
+    # -- architecture (saved models) -------------------------------------------------------------
+    standard_format: ClassVar[bool] = False  # slimbench's own class: always slimbench's weights format
+
+    def write_config(self, model: nn.Module, directory: Path) -> None:
+        (directory / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def read_config(self, directory: Path) -> Any:
+        from slimbench.models.dit import DiTConfig
+
+        return DiTConfig(**json.loads((directory / "config.json").read_text()))
+
+    def architecture(self, config: Any, dtype: torch.dtype, device: str | torch.device = "cpu") -> nn.Module:
+        from slimbench.models.dit import DiT
+
+        with torch.device(device):
+            return DiT(config).to(dtype)
 
     def trajectory(self, model: nn.Module, images: int, steps: int, seed: int) -> Iterator[dict]:
         """The denoiser inputs along a deterministic DDIM run (η = 0) of ``images`` images with

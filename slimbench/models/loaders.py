@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ import torch
 from slimbench.errors import ConfigError, one_line
 from slimbench.models.adapters import ADAPTERS, adapter_for
 from slimbench.models.bundle import KINDS, ModelBundle, ModelShape, ModelSource
+from slimbench.params import param
 from slimbench.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Loader(Protocol):
     def load(self, source: ModelSource, config: Any, ctx: LoadContext) -> ModelBundle: ...
 
 
-LOADERS: Registry[Loader] = Registry("model loader")
+LOADERS: Registry[Loader] = Registry("model loader", entry_point_group="slimbench.loaders")
 
 
 def _require_adapter(model_type: str, name: str) -> None:
@@ -155,9 +156,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 @dataclass(frozen=True)
 class HFConfig:
-    id: str = ""
-    revision: str | None = None
-    trust_remote_code: bool = False
+    id: str = param("", "a Hugging Face hub id (e.g. 'gpt2') or a local directory")
+    revision: str | None = param(None, "hub revision (branch, tag or commit); null = main", nullable=True)
+    trust_remote_code: bool = param(False, "allow the model repository's own code", choices=(True, False))
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -243,11 +244,11 @@ class GGUFPart:
 
 @dataclass(frozen=True)
 class GGUFPackageConfig:
-    files: tuple = ()  # GGUFPart dicts; several parts are concatenated in order
-    family: str = ""  # expected model_type
-    sha256: str | None = None  # of the (assembled) GGUF file
-    install: str = ""  # how to install the packages (shown in errors)
-    upstream: str = ""  # what the weights are (recorded)
+    files: tuple = param((), "GGUF file or parts as {package, path}; several parts are concatenated in order")
+    family: str = param("", "expected transformers model_type")
+    sha256: str | None = param(None, "sha256 of the (assembled) GGUF file", nullable=True)
+    install: str = param("", "how to install the packages (shown in errors)")
+    upstream: str = param("", "what the weights are (recorded)")
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -381,10 +382,10 @@ class GGUFPackageLoader:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FromConfigConfig:
-    family: str = ""  # transformers model_type
-    config: dict = field(default_factory=dict)  # kwargs of the transformers config class
-    tokenizer: str = "bytes"
-    init_seed: int = 0
+    family: str = param("", "transformers model_type")
+    config: dict = param(doc="keyword arguments of the transformers config class", default_factory=dict)
+    tokenizer: str = param("bytes", "offline tokenizer (bytes: 256 byte tokens + bos/eos/pad)")
+    init_seed: int = param(0, "seed of the random initialisation")
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -433,10 +434,10 @@ class FromConfigLoader:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DiTLoaderConfig:
-    config: dict = field(default_factory=dict)  # DiTConfig fields
-    checkpoint: str | None = None  # state_dict file; None = random init (tests)
-    sha256: str | None = None
-    init_seed: int = 0
+    config: dict = param(doc="DiTConfig fields (img_size, patch_size, emb_size, num_blocks, ...)", default_factory=dict)
+    checkpoint: str | None = param(None, "state_dict file; null = random initialisation (tests)", nullable=True)
+    sha256: str | None = param(None, "expected sha256 of the checkpoint", nullable=True)
+    init_seed: int = param(0, "seed of the random initialisation")
 
 
 @LOADERS.register("dit")
@@ -473,6 +474,46 @@ class DiTLoader:
             state = torch.load(Path(config.checkpoint).expanduser(), map_location="cpu", weights_only=True)
             model.load_state_dict(state, strict=True)
         return _finish(model, None, source, ctx)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SavedConfig:
+    path: str = param("", "a directory written by save_dir / slimbench.save_pretrained")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("model.path is required for loader 'saved' (a directory written by save_dir)")
+
+
+@LOADERS.register("saved")
+class SavedLoader:
+    """A model saved by slimbench (any of its formats), identified by its checksummed metadata."""
+
+    Config = SavedConfig
+
+    def check(self, name, kind, dtype, config: SavedConfig, ctx) -> ModelSource:
+        from slimbench.checkpoint import read_manifest
+        from slimbench.errors import CheckpointError
+
+        path = Path(config.path).expanduser()
+        try:
+            doc = read_manifest(path)
+        except CheckpointError as exc:
+            raise ConfigError(f"model {name!r}: {exc}") from None
+        if doc["kind"] != kind or doc["dtype"] != dtype:
+            raise ConfigError(f"model {name!r}: {path} holds a {doc['dtype']} {doc['kind']} model; the config says {dtype} {kind}")
+        _require_adapter(doc["model_type"], name)
+        identity = {"path": str(path.resolve()), "manifest_sha256": doc["sha256"], "saved_from": doc["source"].get("name")}
+        return ModelSource(name=name, kind=kind, loader="saved", model_type=doc["model_type"], identity=identity, dtype=dtype)
+
+    def load(self, source, config: SavedConfig, ctx) -> ModelBundle:
+        import dataclasses
+
+        from slimbench.checkpoint import load_bundle
+
+        bundle = load_bundle(config.path, device=ctx.device)
+        return dataclasses.replace(bundle, source=source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,8 +46,10 @@ from torch import nn
 from slimbench.calibration import BlockCosine, CalibrationEngine
 from slimbench.errors import ConfigError
 from slimbench.hooks import FunctionHook, HookRegistry
+from slimbench.kernels.skipped import SkippedAttention, SkippedMLP
 from slimbench.methods.base import LayerReport, MethodResult
 from slimbench.models.adapters import Adapter, get_path, set_path
+from slimbench.params import check_params, param
 
 SUBLAYERS = ("attn", "mlp")
 # removing modules works whatever they hold (plain, pruned, factored or packed); runtime hooks come last
@@ -57,11 +59,12 @@ PER_LAYER_CONFIG_LISTS = ("layer_types", "kv_sharing_modes")
 
 @dataclass(frozen=True)
 class DropConfig:
-    drop_n: int = 4  # number of modules (sublayers or blocks) removed
-    iterative: bool = False  # drop one module per round and re-score the dropped model
+    drop_n: int = param(4, "number of modules (sublayers or blocks) removed", ge=1)
+    iterative: bool = param(False, "drop one module per round and re-score the dropped model", choices=(True, False))
 
     def __post_init__(self) -> None:
-        if isinstance(self.drop_n, bool) or not isinstance(self.drop_n, int) or self.drop_n < 1:
+        check_params(self)
+        if not isinstance(self.drop_n, int):
             raise ConfigError(f"drop_n must be an integer >= 1, got {self.drop_n!r}")
 
 
@@ -208,22 +211,6 @@ def most_similar(similarity: dict[Key, float], n: int) -> list[Key]:
 
 
 # -- surgery ----------------------------------------------------------------------------------
-class SkippedAttention(nn.Module):
-    """A dropped attention sublayer: no parameters, no compute, no cache; adds zero."""
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden.new_zeros(()), None
-
-
-class SkippedMLP(nn.Module):
-    """A dropped MLP sublayer: no parameters, no compute; adds zero."""
-
-    def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden.new_zeros(())
-
-
 _SKIPPED = {"attn": SkippedAttention, "mlp": SkippedMLP}
 
 

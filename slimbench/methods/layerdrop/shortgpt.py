@@ -29,19 +29,18 @@ from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.layerdrop.common import DROP_ACCEPTS, BlockInfluenceCosine, DropConfig, block_drop, check_drop_count
 from slimbench.models.adapters import get_path
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class ShortGPTConfig:
-    drop_n: int = 4  # blocks removed
-    angular: bool = False  # reference option: angular distance instead of 1 − cos
-    final_norm_last: bool = True  # reference behaviour: the last block's output is post final norm
+    drop_n: int = param(4, "blocks removed", ge=1)
+    angular: bool = param(False, "reference option: angular distance instead of 1 − cos", choices=(True, False))
+    final_norm_last: bool = param(True, "reference behaviour: the last block's output is taken after the final norm", choices=(True, False))
 
     def __post_init__(self) -> None:
+        check_params(self)
         DropConfig(drop_n=self.drop_n)  # same validation of drop_n
-        for key in ("angular", "final_norm_last"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
 
 @register_method("shortgpt", config=ShortGPTConfig, family="layer dropping", produces="dropped", calibration=True, accepts=DROP_ACCEPTS)

@@ -43,35 +43,29 @@ from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import (
-    check_ratio, column_scaled_factors, decoder_linears, details, factored_report, install, keep_rank, weight64,
+    ratio_param, column_scaled_factors, decoder_linears, details, factored_report, install, keep_rank, weight64,
 )
 from slimbench.models.adapters import set_path
+from slimbench.params import check_params, param
 
 CANDIDATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the reference's param_ratio_candidates
 
 
 @dataclass(frozen=True)
 class ASVDConfig:
-    ratio: float = 0.2  # fraction of decoder-linear parameters removed (target keep = 1 − ratio)
-    alpha: float = 0.5  # exponent of the activation scale mean|x|^alpha
-    allocation: str = "sensitivity"  # "sensitivity" (reference) or "uniform" (same keep everywhere)
-    candidates: tuple = CANDIDATES  # kept-parameter ratios tried per layer in the sensitivity pass
-    sensitivity_samples: int | None = None  # calibration windows scored per candidate (None = all)
-    sensitivity_seqlen: int | None = None  # tokens of each window scored (None = the full window)
+    ratio: float = ratio_param()
+    alpha: float = param(0.5, "exponent of the activation scale mean|x|^alpha", ge=0, le=1)
+    allocation: str = param("sensitivity", "'sensitivity' (reference: per-layer ranks by binary search) or 'uniform' (same keep everywhere)",
+                            choices=("sensitivity", "uniform"))
+    candidates: tuple = param(CANDIDATES, "kept-parameter ratios tried per layer in the sensitivity pass, each in (0, 1)")
+    sensitivity_samples: int | None = param(None, "calibration windows scored per candidate (null = all)", ge=1, nullable=True)
+    sensitivity_seqlen: int | None = param(None, "tokens of each window scored (null = the full window)", ge=2, nullable=True)
 
     def __post_init__(self) -> None:
-        check_ratio(self.ratio, "asvd")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"asvd: alpha must be in [0, 1], got {self.alpha}")
-        if self.allocation not in ("sensitivity", "uniform"):
-            raise ConfigError(f"asvd: allocation must be 'sensitivity' or 'uniform', got {self.allocation!r}")
+        check_params(self)
         object.__setattr__(self, "candidates", tuple(float(c) for c in self.candidates))
         if not self.candidates or any(not 0.0 < c < 1.0 for c in self.candidates):
-            raise ConfigError(f"asvd: candidates must be non-empty kept ratios in (0, 1), got {list(self.candidates)}")
-        for key in ("sensitivity_samples", "sensitivity_seqlen"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < (2 if key.endswith("seqlen") else 1)):
-                raise ConfigError(f"asvd: {key} must be null or an integer >= {2 if key.endswith('seqlen') else 1}, got {value!r}")
+            raise ConfigError(f"candidates must be non-empty kept ratios in (0, 1), got {list(self.candidates)}")
 
 
 @register_method("asvd", config=ASVDConfig, family="low-rank", produces="factored", calibration=True)

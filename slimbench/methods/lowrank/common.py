@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimbench.errors import ConfigError
 from slimbench.kernels.factored import factorize, saves_parameters
 from slimbench.records import LayerReport
+from slimbench.params import param
 
 
-def check_ratio(ratio: float, owner: str) -> None:
-    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
-        raise ConfigError(f"{owner}: ratio (fraction of decoder-linear parameters removed) must be in (0, 1), got {ratio!r}")
+def ratio_param(default: float = 0.2):
+    return param(default, "fraction of the decoder linears' parameters removed (keep = 1 − ratio)", gt=0, lt=1)
 
 
 def keep_rank(out_features: int, in_features: int, keep: float) -> int | None:

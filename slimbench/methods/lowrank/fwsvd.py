@@ -27,15 +27,16 @@ import torch
 
 from slimbench.calibration import CalibrationEngine
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.lowrank.common import check_ratio, column_scaled_factors, compress_uniform, decoder_linears, details
+from slimbench.methods.lowrank.common import ratio_param, column_scaled_factors, compress_uniform, decoder_linears, details
+from slimbench.params import check_params
 
 
 @dataclass(frozen=True)
 class FWSVDConfig:
-    ratio: float = 0.2  # fraction of decoder-linear parameters removed (keep = 1 − ratio)
+    ratio: float = ratio_param()
 
     def __post_init__(self) -> None:
-        check_ratio(self.ratio, "fwsvd")
+        check_params(self)
 
 
 @register_method("fwsvd", config=FWSVDConfig, family="low-rank", produces="factored", calibration=True)

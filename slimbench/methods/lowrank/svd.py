@@ -16,15 +16,16 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.lowrank.common import check_ratio, compress_uniform, details, truncated_factors
+from slimbench.methods.lowrank.common import ratio_param, compress_uniform, details, truncated_factors
+from slimbench.params import check_params
 
 
 @dataclass(frozen=True)
 class SVDConfig:
-    ratio: float = 0.2  # fraction of decoder-linear parameters removed (keep = 1 − ratio)
+    ratio: float = ratio_param()
 
     def __post_init__(self) -> None:
-        check_ratio(self.ratio, "svd")
+        check_params(self)
 
 
 @register_method("svd", config=SVDConfig, family="low-rank", produces="factored", kinds=("causal_lm", "diffusion"))

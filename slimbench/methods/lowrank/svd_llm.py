@@ -28,15 +28,16 @@ import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.lowrank.common import check_ratio, compress_uniform, details, whitened_factors
+from slimbench.methods.lowrank.common import ratio_param, compress_uniform, details, whitened_factors
+from slimbench.params import check_params
 
 
 @dataclass(frozen=True)
 class SVDLLMConfig:
-    ratio: float = 0.2  # fraction of decoder-linear parameters removed (keep = 1 − ratio)
+    ratio: float = ratio_param()
 
     def __post_init__(self) -> None:
-        check_ratio(self.ratio, "svd_llm")
+        check_params(self)
 
 
 @register_method("svd_llm", config=SVDLLMConfig, family="low-rank", produces="factored", calibration=True)

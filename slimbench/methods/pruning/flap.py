@@ -37,28 +37,25 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.calibration import CalibrationEngine, LinearInputs
-from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.pruning import structured as st
 from slimbench.methods.pruning.numerical_pruning import STATS_KEY
+from slimbench.params import check_params, param
 
 METRICS = ("WIFV", "IFV", "WIFN")
 
 
 @dataclass(frozen=True)
 class FlapConfig:
-    ratio: float = 0.2  # fraction removed, in [0, 1)
-    ratio_of: str = "params"  # "params" (reference AL-AM weighting) | "units" (KV groups + channels)
-    metric: str = "WIFV"  # reference default; IFV = Var(x_j), WIFN = mean_i |W_ij|·sqrt(E[x_j²])
-    bias: bool = True  # fold the mean input of pruned channels into a bias
+    ratio: float = param(0.2, "fraction removed (of what: ratio_of)", ge=0, lt=1)
+    ratio_of: str = param("params", "'params': attention+MLP parameters (reference AL-AM weighting); 'units': KV groups + channels",
+                          choices=("params", "units"))
+    metric: str = param("WIFV", "fluctuation score (reference default WIFV); IFV = Var(x_j), WIFN = mean_i |W_ij|·sqrt(E[x_j²])",
+                        choices=METRICS)
+    bias: bool = param(True, "fold the mean input of pruned channels into a bias", choices=(True, False))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"flap.ratio must be in [0, 1), got {self.ratio}")
-        if self.ratio_of not in ("units", "params"):
-            raise ConfigError(f"flap.ratio_of must be 'units' or 'params', got {self.ratio_of!r}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"flap.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        check_params(self)
 
 
 def channel_metric(metric: str, weight: torch.Tensor, stats) -> torch.Tensor:

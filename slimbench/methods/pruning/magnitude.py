@@ -14,15 +14,17 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.methods.base import LayerReport, MethodBase, MethodResult, register_method
-from slimbench.methods.pruning.masks import check_sparsity, parse_pattern, pattern_mask
+from slimbench.methods.pruning.masks import PATTERN_DOC, check_sparsity, parse_pattern, pattern_mask
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class MagnitudeConfig:
-    sparsity: float = 0.5  # fraction of weights removed per matrix
-    pattern: str = "unstructured"  # or "N:M", e.g. "2:4" (then sparsity must equal N/M)
+    sparsity: float = param(0.5, "fraction of weights removed per matrix", ge=0, lt=1)
+    pattern: str = param("unstructured", PATTERN_DOC)
 
     def __post_init__(self) -> None:
+        check_params(self)
         check_sparsity(self.sparsity, self.pattern)
 
 

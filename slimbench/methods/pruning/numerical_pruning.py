@@ -34,34 +34,28 @@ from slimbench.calibration import CalibrationEngine, LinearInputs
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.pruning import structured as st
+from slimbench.params import check_params, param
 
 STATS_KEY = "LinearInputs(o,down;gram,sq_sum,sum)"  # shared with FLAP: one dense pass serves both
 
 
 @dataclass(frozen=True)
 class NumericalPruningConfig:
-    ratio: float = 0.2  # fraction removed, in [0, 1)
-    ratio_of: str = "units"  # "units": heads(KV groups)+channels (paper) | "params": attention+MLP parameters
-    allocation: str = "global"  # "global" (paper: one ranking over all layers) | "uniform" (per layer)
-    lam: float | None = None  # None: λ→∞ closed form; else λ = lam·mean(diag A)
-    newton_steps: int = 0  # 0: closed form; T > 0: Algorithm 1 (needs a finite lam)
-    damping: float = 0.01  # δ: A + δ·mean(diag A)·I before solving
-    gamma: float = 0.01  # γ: H + γ·mean(diag H)·I in the compensation
-    compensate: bool = True
+    ratio: float = param(0.2, "fraction removed (of what: ratio_of)", ge=0, lt=1)
+    ratio_of: str = param("units", "'units': heads (KV groups) + channels (paper); 'params': attention+MLP parameters",
+                          choices=("units", "params"))
+    allocation: str = param("global", "'global' (paper: one ranking over all layers) or 'uniform' (per layer)",
+                            choices=("global", "uniform"))
+    lam: float | None = param(None, "null: the λ→∞ closed form; else λ = lam·mean(diag A)", gt=0, nullable=True)
+    newton_steps: int = param(0, "0: closed form; T > 0: Algorithm 1 (needs a finite lam)", ge=0)
+    damping: float = param(0.01, "δ: A + δ·mean(diag A)·I before solving", gt=0)
+    gamma: float = param(0.01, "γ: H + γ·mean(diag H)·I in the compensation", ge=0)
+    compensate: bool = param(True, "least-squares compensation of the next layer", choices=(True, False))
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"numerical_pruning.ratio must be in [0, 1), got {self.ratio}")
-        if self.ratio_of not in ("units", "params"):
-            raise ConfigError(f"numerical_pruning.ratio_of must be 'units' or 'params', got {self.ratio_of!r}")
-        if self.allocation not in ("global", "uniform"):
-            raise ConfigError(f"numerical_pruning.allocation must be 'global' or 'uniform', got {self.allocation!r}")
-        if self.lam is not None and self.lam <= 0:
-            raise ConfigError(f"numerical_pruning.lam must be > 0 or null (λ→∞), got {self.lam}")
-        if self.newton_steps < 0 or (self.newton_steps > 0 and self.lam is None):
-            raise ConfigError("numerical_pruning.newton_steps must be >= 0, and > 0 needs a finite lam")
-        if self.damping <= 0 or self.gamma < 0:
-            raise ConfigError(f"numerical_pruning.damping must be > 0 and gamma >= 0, got {self.damping}, {self.gamma}")
+        check_params(self)
+        if self.newton_steps > 0 and self.lam is None:
+            raise ConfigError("newton_steps > 0 needs a finite lam")
 
 
 # -- the score --------------------------------------------------------------------------------

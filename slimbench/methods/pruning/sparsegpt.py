@@ -40,25 +40,21 @@ from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import LayerReport, MethodBase, MethodResult, SequentialPlan, register_method
 from slimbench.methods.hessian import hessian_from_gram, prepare_inverse
-from slimbench.methods.pruning.masks import check_sparsity, parse_pattern
+from slimbench.methods.pruning.masks import PATTERN_DOC, check_sparsity, parse_pattern
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class SparseGPTConfig:
-    sparsity: float = 0.5  # fraction of weights removed per 128-column block
-    pattern: str = "unstructured"  # or "N:M", e.g. "2:4" (then sparsity must equal N/M)
-    blocksize: int = 128  # columns per lazy-update block
-    percdamp: float = 0.01  # dampening as a fraction of mean(diag H)
-    true_sequential: bool = False  # observe/prune q,k,v | o | gate,up | down in turn
+    sparsity: float = param(0.5, "fraction of weights removed per 128-column block", ge=0, lt=1)
+    pattern: str = param("unstructured", PATTERN_DOC)
+    blocksize: int = param(128, "columns per lazy-update block", ge=1)
+    percdamp: float = param(0.01, "dampening as a fraction of mean(diag H)", gt=0, le=1)
+    true_sequential: bool = param(False, "observe/prune q,k,v | o | gate,up | down in turn", choices=(True, False))
 
     def __post_init__(self) -> None:
+        check_params(self)
         check_sparsity(self.sparsity, self.pattern)
-        if not isinstance(self.blocksize, int) or self.blocksize < 1:
-            raise ConfigError(f"blocksize must be a positive integer, got {self.blocksize!r}")
-        if not isinstance(self.percdamp, (int, float)) or not 0.0 < float(self.percdamp) <= 1.0:
-            raise ConfigError(f"percdamp must be in (0, 1], got {self.percdamp!r}")
-        if not isinstance(self.true_sequential, bool):
-            raise ConfigError(f"true_sequential must be true or false, got {self.true_sequential!r}")
         nm = parse_pattern(self.pattern)
         if nm is not None and self.blocksize % nm[1]:
             raise ConfigError(f"blocksize {self.blocksize} must be a multiple of M={nm[1]} for pattern {self.pattern}")

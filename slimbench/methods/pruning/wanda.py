@@ -34,19 +34,19 @@ import torch
 from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import LayerReport, MethodBase, MethodResult, SequentialPlan, register_method
-from slimbench.methods.pruning.masks import check_sparsity, lowest_fraction_mask, nm_mask, parse_pattern
+from slimbench.methods.pruning.masks import PATTERN_DOC, check_sparsity, lowest_fraction_mask, nm_mask, parse_pattern
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class WandaConfig:
-    sparsity: float = 0.5  # fraction of weights removed per output row
-    pattern: str = "unstructured"  # or "N:M", e.g. "2:4" (then sparsity must equal N/M)
-    use_variant: bool = False  # the appendix's cumulative-sum threshold (unstructured only)
+    sparsity: float = param(0.5, "fraction of weights removed per output row", ge=0, lt=1)
+    pattern: str = param("unstructured", PATTERN_DOC)
+    use_variant: bool = param(False, "the appendix's cumulative-sum threshold (unstructured only)", choices=(True, False))
 
     def __post_init__(self) -> None:
+        check_params(self)
         check_sparsity(self.sparsity, self.pattern)
-        if not isinstance(self.use_variant, bool):
-            raise ConfigError(f"use_variant must be true or false, got {self.use_variant!r}")
         if self.use_variant and parse_pattern(self.pattern) is not None:
             raise ConfigError(f"use_variant applies to unstructured sparsity only, got pattern {self.pattern}")
 

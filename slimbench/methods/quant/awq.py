@@ -38,28 +38,25 @@ from slimbench.hooks import FunctionHook
 from slimbench.calibration import Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
-from slimbench.methods.quant.common import check_format, group_slices, install, layer_report, rtn, summarize
+from slimbench.methods.quant.common import bits_param, group_param, group_slices, install, layer_report, rtn, summarize
 from slimbench.models.adapters import get_path
+from slimbench.params import check_params, param
 
 NO_CLIP_ROLES = ("q", "k")  # "due to qk bmm, it is hard to clip precisely"
 
 
 @dataclass(frozen=True)
 class AWQConfig:
-    bits: int = 4
-    group_size: int = 128
-    n_grid: int = 20
-    auto_scale: bool = True
-    auto_clip: bool = True
-    clip_max_shrink: float = 0.5
-    clip_tokens: int = 512
+    bits: int = bits_param(4)
+    group_size: int = group_param(128)
+    n_grid: int = param(20, "points of the scale search s = mean|x|^α, α in [0, 1)", ge=1)
+    auto_scale: bool = param(True, "search per-channel scales (activation-aware)", choices=(True, False))
+    auto_clip: bool = param(True, "search a clipping range per group", choices=(True, False))
+    clip_max_shrink: float = param(0.5, "the clipping search shrinks the range by at most this fraction", ge=0, lt=1)
+    clip_tokens: int = param(512, "calibration tokens the clipping search uses", ge=1)
 
     def __post_init__(self) -> None:
-        check_format(self.bits, self.group_size)
-        if self.n_grid < 1 or self.clip_tokens < 1:
-            raise ConfigError("n_grid and clip_tokens must be >= 1")
-        if not 0 <= self.clip_max_shrink < 1:
-            raise ConfigError(f"clip_max_shrink must be in [0, 1), got {self.clip_max_shrink}")
+        check_params(self)
 
 
 class _BlockRecorder:

@@ -27,21 +27,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import QuantLinear, num_groups
 from slimbench.models.adapters import set_path
 from slimbench.records import LayerReport
+from slimbench.params import param
 
 BITS = (2, 3, 4, 8)
 # the model forms a weight quantizer can work on: plain float layers (pruned zeros stay exact zeros) and low-rank factors
 QUANT_ACCEPTS = frozenset({"dense", "masked", "sliced", "dropped", "factored"})
 
 
-def check_format(bits: int, group_size: int) -> None:
-    if bits not in BITS:
-        raise ConfigError(f"bits must be one of {BITS}, got {bits}")
-    if group_size != -1 and group_size < 8:
-        raise ConfigError(f"group_size must be -1 (one group per row) or >= 8, got {group_size}")
+def bits_param(default: int, doc: str = "weight bit width"):
+    return param(default, doc, choices=BITS)
+
+
+def group_param(default: int):
+    return param(default, "consecutive input columns sharing a scale and zero point; -1 = one group per output row", also=(-1,), ge=8)
+
+
+SYM_DOC = "symmetric grid (zero point fixed at the middle code); false: min-max with a zero point"
 
 
 def minmax_params(x: torch.Tensor, bits: int, sym: bool, include_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,29 +35,29 @@ from slimbench.kernels.qlinear import num_groups
 from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
 from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
 from slimbench.methods.quant.common import (
-    QUANT_ACCEPTS, Quantized, check_format, from_codes, group_slices, install, layer_report, minmax_params, summarize, to_codes,
+    QUANT_ACCEPTS, SYM_DOC, Quantized, bits_param, from_codes, group_param, group_slices, install, layer_report, minmax_params, summarize,
+    to_codes,
 )
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class GPTQConfig:
-    bits: int = 4
-    group_size: int = 128  # -1 = one grid per output row
-    sym: bool = False
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = True
-    percdamp: float = 0.01
-    blocksize: int = 128
-    propagate_error: bool = True
-    preserve_zeros: bool = True  # exact zeros (an earlier pruning stage's) stay zero
+    bits: int = bits_param(4)
+    group_size: int = group_param(128)
+    sym: bool = param(False, SYM_DOC, choices=(True, False))
+    act_order: bool = param(False, "quantize columns in order of decreasing Hessian diagonal", choices=(True, False))
+    static_groups: bool = param(False, "groups' grids fixed before the column loop (needed with act_order and groups)",
+                                choices=(True, False))
+    true_sequential: bool = param(True, "quantize q,k,v | o | gate,up | down in turn, each on the inputs the earlier ones produce",
+                                  choices=(True, False))
+    percdamp: float = param(0.01, "dampening of H as a fraction of mean(diag H)", ge=0, lt=1)
+    blocksize: int = param(128, "columns per lazy-update block", ge=1)
+    propagate_error: bool = param(True, "the next block sees the quantized block's outputs", choices=(True, False))
+    preserve_zeros: bool = param(True, "exact zeros (an earlier pruning stage's) stay zero", choices=(True, False))
 
     def __post_init__(self) -> None:
-        check_format(self.bits, self.group_size)
-        if not 0 <= self.percdamp < 1:
-            raise ConfigError(f"percdamp must be in [0, 1), got {self.percdamp}")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize must be >= 1, got {self.blocksize}")
+        check_params(self)
         if self.act_order and self.group_size > 0 and not self.static_groups:
             raise ConfigError("act_order with group_size > 0 needs static_groups=true (packed groups must be contiguous columns)")
 

@@ -34,37 +34,29 @@ from slimbench.calibration import CalibrationEngine, LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.hessian import hessian_from_gram
-from slimbench.methods.quant.common import QUANT_ACCEPTS, check_format, install, layer_report, mean_bits, rtn, summarize
+from slimbench.methods.quant.common import QUANT_ACCEPTS, SYM_DOC, bits_param, group_param, install, layer_report, mean_bits, rtn, summarize
 from slimbench.methods.quant.gptq import GPTQConfig, gptq_quantize
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class MixedPrecisionConfig:
-    target_bits: float = 3.5  # weight-averaged bit width of the block linears (scales excluded)
-    bits_low: int = 3
-    bits_high: int = 4
-    group_size: int = 128
-    quantizer: str = "gptq"  # or "rtn"
-    sym: bool = False
-    budget: str = "bits"  # "bits": meet target_bits | "ppl": stay within ppl_budget (the paper's criterion)
-    ppl_budget: float = 0.05  # budget=ppl: allowed relative perplexity increase over the unquantized model
-    budget_samples: int = 8  # budget=ppl: calibration windows the perplexity is measured on
+    target_bits: float = param(3.5, "budget=bits: weight-averaged bit width of the block linears (scales excluded)", gt=0)
+    bits_low: int = bits_param(3, "bit width of the least sensitive layers")
+    bits_high: int = bits_param(4, "bit width of the other layers")
+    group_size: int = group_param(128)
+    quantizer: str = param("gptq", "how each layer is quantized at its bit width", choices=("gptq", "rtn"))
+    sym: bool = param(False, SYM_DOC, choices=(True, False))
+    budget: str = param("bits", "'bits': meet target_bits; 'ppl': stay within ppl_budget (the paper's criterion)", choices=("bits", "ppl"))
+    ppl_budget: float = param(0.05, "budget=ppl: allowed relative perplexity increase over the unquantized model", gt=0)
+    budget_samples: int = param(8, "budget=ppl: calibration windows the perplexity is measured on", ge=1)
 
     def __post_init__(self) -> None:
-        if self.budget not in ("bits", "ppl"):
-            raise ConfigError(f"mixed_precision.budget must be 'bits' or 'ppl', got {self.budget!r}")
-        if not self.ppl_budget > 0:
-            raise ConfigError(f"mixed_precision.ppl_budget must be > 0, got {self.ppl_budget}")
-        if self.budget_samples < 1:
-            raise ConfigError(f"mixed_precision.budget_samples must be >= 1, got {self.budget_samples}")
-        check_format(self.bits_low, self.group_size)
-        check_format(self.bits_high, self.group_size)
+        check_params(self)
         if not self.bits_low < self.bits_high:
             raise ConfigError(f"bits_low must be < bits_high, got {self.bits_low} and {self.bits_high}")
         if not self.bits_low <= self.target_bits <= self.bits_high:
             raise ConfigError(f"target_bits must lie in [{self.bits_low}, {self.bits_high}], got {self.target_bits}")
-        if self.quantizer not in ("gptq", "rtn"):
-            raise ConfigError(f"quantizer must be 'gptq' or 'rtn', got {self.quantizer!r}")
 
 
 def sensitivity(w: torch.Tensor, mean_diag_h: float, bits: int, group_size: int, sym: bool) -> float:

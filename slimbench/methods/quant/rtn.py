@@ -18,17 +18,18 @@ from dataclasses import dataclass
 import torch
 
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.quant.common import QUANT_ACCEPTS, check_format, install, layer_report, rtn, summarize
+from slimbench.methods.quant.common import QUANT_ACCEPTS, SYM_DOC, bits_param, group_param, install, layer_report, rtn, summarize
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class RTNConfig:
-    bits: int = 4
-    group_size: int = 128  # -1 = one group per output row
-    sym: bool = False
+    bits: int = bits_param(4)
+    group_size: int = group_param(128)
+    sym: bool = param(False, SYM_DOC, choices=(True, False))
 
     def __post_init__(self) -> None:
-        check_format(self.bits, self.group_size)
+        check_params(self)
 
 
 @register_method("rtn", config=RTNConfig, family="quantization", produces="quantized", kinds=("causal_lm", "diffusion"),

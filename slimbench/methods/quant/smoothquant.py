@@ -29,16 +29,17 @@ from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import QuantLinear
 from slimbench.methods.base import LayerReport, MethodBase, MethodResult, register_method
 from slimbench.models.adapters import set_path
+from slimbench.params import check_params, param
 
 
 @dataclass(frozen=True)
 class SmoothQuantConfig:
-    alpha: float = 0.5
-    smooth: bool = True  # false: plain W8A8 (the paper's baseline)
+    alpha: float = param(0.5, "migration strength: s_j = max|X_j|^α / max|W_j|^(1−α)", ge=0, le=1)
+    smooth: bool = param(True, "migrate activation outliers into the weights; false: plain W8A8 (the paper's baseline)",
+                         choices=(True, False))
 
     def __post_init__(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        check_params(self)
 
 
 @register_method("smoothquant", config=SmoothQuantConfig, family="quantization", produces="quantized", calibration=True,
