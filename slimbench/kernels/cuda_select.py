@@ -95,7 +95,9 @@ def choose(bits: int, n: int, k: int, group_size: int, device, candidates: dict[
     return TABLE[key]
 
 
-def _measure(bits: int, n: int, k: int, group_size: int, device: torch.device, candidates: dict, make: Callable) -> Choice:
+def _measure(bits: int, n: int, k: int, group_size: int, device: torch.device, candidates: dict, make: Callable,
+             timer: Callable = None) -> Choice:
+    timer = timer or cuda_time_us
     forced = os.environ.get("SLIMBENCH_CUDA_LAYOUT")
     choice = Choice(layout="packed")
     codes, scales, zeros = random_format(bits, n, k, group_size, device)
@@ -113,9 +115,9 @@ def _measure(bits: int, n: int, k: int, group_size: int, device: torch.device, c
                 choice.rejected[layout] = f"relative error {error:.3g} > {MAX_REL_ERROR}"
                 continue
             if layout == "triton":
-                layer.cuda_choice.prefill = _triton_prefill_paths(layer, k, device)
+                layer.cuda_choice.prefill = _triton_prefill_paths(layer, k, device, timer)
                 choice.prefill = dict(layer.cuda_choice.prefill)
-            choice.timings_us[layout] = {m: cuda_time_us(lambda m=m, x=_x(m, k, device): layer(x)) for m in ROWS}
+            choice.timings_us[layout] = {m: timer(lambda x=_x(m, k, device): layer(x)) for m in ROWS}
         except Exception as exc:  # a kernel this build or GPU cannot run is not a candidate
             choice.rejected[layout] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     if choice.timings_us:
@@ -137,7 +139,7 @@ def _max_rel_error(layer, reference: torch.Tensor) -> float:
     return worst
 
 
-def _triton_prefill_paths(layer, k: int, device) -> dict:
+def _triton_prefill_paths(layer, k: int, device, timer: Callable) -> dict:
     """Per large-M bucket (≤ 1024 rows: timed at 256; more: timed at 2048), the faster of the
     Triton tensor-core kernel and dequantize + cuBLAS."""
     paths = {}
@@ -146,6 +148,6 @@ def _triton_prefill_paths(layer, k: int, device) -> dict:
         times = {}
         for path in ("triton", "cublas"):
             layer.cuda_choice.prefill = {1 << 30: path}
-            times[path] = cuda_time_us(lambda: layer(x))
+            times[path] = timer(lambda: layer(x))
         paths[bound] = min(times, key=times.get)
     return paths

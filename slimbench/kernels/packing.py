@@ -149,7 +149,7 @@ def unpack_int4pack_cpu_t(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 def int4pack_cpu_is_blocked(n: int) -> bool:
     """Whether this build packs N rows in the blocked layout ``unpack_int4pack_cpu_t`` reads
     (checked on random codes with two columns: the layout does not depend on K)."""
-    probe = torch.randint(0, 16, (n, 2), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
+    probe = torch.randint(0, 16, (n, 2), generator=torch.Generator().manual_seed(n), dtype=torch.int32, device="cpu")
     return bool(torch.equal(unpack_int4pack_cpu_t(to_int4pack_cpu(probe), n, 2).t().to(torch.int32), probe))
 
 
