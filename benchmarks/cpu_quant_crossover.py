@@ -5,9 +5,12 @@ int4 per-row, int8 per-row), a ``QuantLinear`` with random codes runs an input o
 through its kernel path (``prefill_rows=None``) and through its prefill path (dequantize per
 call to bf16, bf16 GEMM; ``prefill_rows=1``), side by side with the fp32 ``nn.Linear`` it
 replaces; median of ``--repeats`` interleaved timings. The crossover of a (format, shape) is the
-smallest measured M from which the prefill path is faster at that M and every larger one; a
-layout's threshold (``slimbench.kernels.qlinear.CPU_PREFILL_ROWS``) is the largest crossover
-over its shapes and formats. Numbers compare only within one machine (run under the lock).
+smallest measured M from which the prefill path is faster at that M and every larger one. A
+threshold has to serve every linear of a block, so the one that matters is the crossover of a
+whole block (the shapes' times summed with their count per block: q, o 576x576; k, v 192x576;
+gate, up 1536x576; down 576x1536); a layout's threshold
+(``slimbench.kernels.qlinear.CPU_PREFILL_ROWS``) is the largest block crossover over its formats.
+Numbers compare only within one machine (run under the lock).
 
     flock /work/bench.lock /work/main/.venv/bin/python benchmarks/cpu_quant_crossover.py \
         --out results/benchmarks/cpu_quant_crossover.md
@@ -26,6 +29,7 @@ from slimbench._system import cpu_name
 from slimbench.kernels.qlinear import CPU_PREFILL_ROWS, QuantLinear, num_groups
 
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (N, K): q/o, k/v, gate/up, down
+PER_BLOCK = {(576, 576): 2, (192, 576): 2, (1536, 576): 2, (576, 1536): 1}  # linears of each shape in a SmolLM2 block
 FORMATS = [("int4 g64", 4, 64), ("int4 g128", 4, 128), ("int4 per-row", 4, -1), ("int8 per-row", 8, -1)]
 ROWS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 512]
 
@@ -74,8 +78,10 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d')}; median of {args.repeats} interleaved calls, µs; `benchmarks/cpu_quant_crossover.py`.",
              "", "| format | N x K | M | fp32 linear | kernel | dequant + bf16 GEMM | best |", "|---|---|---|---|---|---|---|"]
     found: dict[str, list[int | None]] = {}
+    blocks: dict[str, list[tuple[str, int | None]]] = {}
     with torch.inference_mode():
         for label, bits, group in FORMATS:
+            block_kernel, block_prefill = dict.fromkeys(ROWS, 0.0), dict.fromkeys(ROWS, 0.0)
             for n, k in SHAPES:
                 dense = torch.nn.Linear(k, n, bias=False)
                 layer = random_layer(n, k, bits, group)
@@ -97,12 +103,19 @@ def main() -> None:
                     lines.append(f"| {label} | {n}x{k} | {m} | {t['fp32']:.0f} | {t['kernel']:.0f} | {t['prefill']:.0f} | {best} |")
                 cross = crossover(kernel_us, prefill_us)
                 found.setdefault(layer.layout, []).append(cross)
+                for m in ROWS:
+                    block_kernel[m] += PER_BLOCK[(n, k)] * kernel_us[m]
+                    block_prefill[m] += PER_BLOCK[(n, k)] * prefill_us[m]
                 print(f"{label} {n}x{k} ({layer.layout}): crossover M = {cross}", flush=True)
-    lines += ["", "| layout | crossover per (format, shape) | threshold (max) | CPU_PREFILL_ROWS in the code |", "|---|---|---|---|"]
+            blocks.setdefault(layer.layout, []).append((label, crossover(block_kernel, block_prefill)))
+            lines.append(f"| {label} | whole block | " + ", ".join(f"M={m}: {block_kernel[m]:.0f} vs {block_prefill[m]:.0f}" for m in ROWS) + " | | | |")
+    lines += ["", "| layout | crossover per (format, shape) | block crossover per format | threshold (max block crossover) | CPU_PREFILL_ROWS in the code |",
+              "|---|---|---|---|---|"]
     for layout, values in found.items():
-        known = [v for v in values if v is not None]
-        threshold = max(known) if len(known) == len(values) else None
-        lines.append(f"| {layout} | {values} | {threshold} | {CPU_PREFILL_ROWS.get(layout)} |")
+        per_block = blocks[layout]
+        known = [v for _, v in per_block if v is not None]
+        threshold = max(known) if len(known) == len(per_block) else None
+        lines.append(f"| {layout} | {values} | {per_block} | {threshold} | {CPU_PREFILL_ROWS.get(layout)} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
