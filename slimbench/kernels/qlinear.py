@@ -335,9 +335,22 @@ def _fwd_triton(m, x):
         return triton_gemm.dequant_matmul(x, *args)
     if not _prefill(m, x):
         return triton_gemm.decode_matmul(x, *args)
-    if m.cuda_choice.prefill_path(x.shape[0]) == "cublas":
-        return x @ triton_gemm.dequantize(*args, dtype=x.dtype).t()
+    return _TRITON_PREFILL_FNS[m.cuda_choice.prefill_path(x.shape[0])](x, args)
+
+
+def _triton_dequant_cublas(x, args):
+    from slimbench.kernels import triton_gemm
+
+    return x @ triton_gemm.dequantize(*args, dtype=x.dtype).t()
+
+
+def _triton_tensor_cores(x, args):
+    from slimbench.kernels import triton_gemm
+
     return triton_gemm.prefill_matmul(x, *args)
+
+
+_TRITON_PREFILL_FNS = {"triton": _triton_tensor_cores, "cublas": _triton_dequant_cublas}
 
 
 _FORWARD = {"int8": _fwd_int8, "int4-cpu": _fwd_int4_cpu, "int4-cuda": _fwd_int4_cuda, "w8a8": _fwd_w8a8, "packed": _fwd_packed, "triton": _fwd_triton}
