@@ -393,7 +393,7 @@ def _dq_int4_cpu_t(m, dtype: torch.dtype) -> torch.Tensor:
     q = packing.unpack_int4pack_cpu_t(m.qweight, n, k).view(k // kg, kg, n)  # [G, kg, N] uint8
     sz = m.scales_zeros.float()  # [G, N, 2]
     offset = (sz[..., 1] - 8 * sz[..., 0]).unsqueeze(1)  # [G, 1, N]: (q − 8)·s + zf = q·s + (zf − 8·s)
-    return q.float().mul_(sz[..., 0].unsqueeze(1)).add_(offset).view(k, n).to(dtype)
+    return torch.addcmul(offset, q.float(), sz[..., 0].unsqueeze(1)).view(k, n).to(dtype)
 
 
 def _dq_int4_cpu(m):
