@@ -5,9 +5,11 @@ each format is measured with RTN codes (SmoothQuant's W8A8 with per-channel absm
 its smoothing only rescales weights and norms): one model load, each format quantized from the
 same dense weights, every measurement in this one process with the latency evaluator of the
 ``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache, 2 warm-up + 7 repeats,
-median). Formats with a CPU kernel are measured twice: as they run now (torch's kernel below
-``CPU_PREFILL_ROWS`` rows, dequantize + bf16 GEMM from there on) and with the kernel for every
-input size (``prefill_rows=None``: the behaviour before the prefill path existed).
+median). Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
+with the prefill (128 rows) also by the kernel (``prefill_rows=None``: the behaviour before the
+prefill path existed) and with the prefill dequantized to bf16 + bf16 GEMM (``prefill_rows=2``).
+Which of the two the code runs at 128 rows follows from ``CPU_PREFILL_ROWS`` (the threshold
+measured by ``cpu_quant_crossover.py``), printed in the table.
 
     flock /work/bench.lock env PYTHONPATH=. /work/main/.venv/bin/python benchmarks/quant_latency.py \
         --out results/benchmarks/quant_latency_smollm2.md
@@ -29,7 +31,7 @@ from benchmarks.quant_kernel_check import resolve_named_model
 from slimbench._system import cpu_name
 from slimbench.evaluation.base import EvalContext
 from slimbench.evaluation.latency import Latency, LatencyConfig
-from slimbench.kernels.qlinear import QuantLinear
+from slimbench.kernels.qlinear import CPU_PREFILL_ROWS, QuantLinear
 from slimbench.methods.quant.rtn import RTN, RTNConfig
 from slimbench.models.adapters import set_path
 from slimbench.run import compress
@@ -81,14 +83,14 @@ def main() -> None:
         else:
             compress(RTN(fmt), bundle, None)
         layers = [m for m in bundle.model.modules() if isinstance(m, QuantLinear)]
-        rows.append((label, stands_for, "now", measure(bundle, config)))
-        print(rows[-1], flush=True)
-        if any(m.prefill_rows is not None for m in layers):
-            rows_at = sorted({m.prefill_rows for m in layers if m.prefill_rows is not None})
+        configured = sorted({m.prefill_rows for m in layers if m.prefill_rows is not None})
+        if not configured:
+            rows.append((label, stands_for, layers[0].execution_path, measure(bundle, config)))
+            print(rows[-1], flush=True)
+        for prefill_rows, path in ((None, "kernel for every size (before)"), (2, "prefill by dequantize + bf16 GEMM")) if configured else ():
             for m in layers:
-                m.prefill_rows = None
-            rows.append((label, stands_for, "kernel for every size (before)", measure(bundle, config)))
-            rows[-2] = (*rows[-2][:2], f"now (prefill path from {rows_at} rows)", rows[-2][3])
+                m.prefill_rows = prefill_rows
+            rows.append((label, stands_for, path, measure(bundle, config)))
             print(rows[-1], flush=True)
         del bundle
     write(rows, config, args)
@@ -106,6 +108,8 @@ def write(rows, config: LatencyConfig, args) -> None:
     for label, stands_for, path, m in rows:
         lines.append(f"| {label} | {stands_for} | {path} | {m['prefill_ms']:.1f} | {m['prefill_ms_p90']:.1f} | {m['decode_tokens_per_s']:.1f} | "
                      f"{m['decode_tokens_per_s_p10']:.1f} | {base['prefill_ms'] / m['prefill_ms']:.2f} | {m['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f} |")
+    lines += ["", f"Decode (1 row) always runs torch's kernel. The code dequantizes from CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS} rows on "
+              f"(prefill of {config.prompt_len} rows: the dequantizing row of a format applies where its layout's threshold is <= {config.prompt_len})."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
