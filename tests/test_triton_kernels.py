@@ -124,3 +124,5 @@ def test_formats_without_a_fitting_tile_are_not_triton():
     assert triton_gemm.supports(4, 576, 64) and triton_gemm.supports(4, 576, -1) and triton_gemm.supports(8, 100, 96)
     assert not triton_gemm.supports(4, 100, 48)  # 48-column groups: no 32-multiple K tile fits
     assert not triton_gemm.supports(3, 128, 32)
+    # the autotuner's pruning keeps only group-fitting tiles and relies on tl.dot's 16-wide 4-bit half tiles
+    assert all(c.kwargs["BLOCK_K"] >= 32 for c in triton_gemm.DECODE_CONFIGS + triton_gemm.PREFILL_CONFIGS)

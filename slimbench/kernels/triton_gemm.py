@@ -180,10 +180,9 @@ def supports(bits: int, k: int, group_size: int) -> bool:
 
 
 def _prune(configs, named_args, **kwargs):
-    k, gs, groups = named_args["K"], named_args["group_size"], named_args["G"]
-    kept = [c for c in configs if groups == 1 or gs % c.kwargs["BLOCK_K"] == 0]
-    if kwargs.get("BLOCK_M", 16) >= 16 and named_args.get("m_bucket", 16) >= 16:  # tl.dot needs 16-wide K halves
-        kept = [c for c in kept if c.kwargs["BLOCK_K"] >= 32]
+    """Keep the configs whose K tile fits the groups (every config's BLOCK_K is >= 32: tl.dot's
+    minimum of 16 per 4-bit half tile)."""
+    kept = [c for c in configs if named_args["G"] == 1 or named_args["group_size"] % c.kwargs["BLOCK_K"] == 0]
     return kept or configs[:1]
 
 
