@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--full", action="store_true", help="also every window, with the path the code takes now")
+    parser.add_argument("--full-only", action="store_true", help="only every window with the path taken now (no before/after on --windows)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     source, loader, cfg, ctx = resolve_named_model(args.model)
@@ -50,13 +51,15 @@ def main() -> None:
         layers = [m for m in bundle.model.modules() if isinstance(m, QuantLinear)]
         now = {m.prefill_rows for m in layers}
         row = {"format": label, "layout": layers[0].layout, "prefill_rows": sorted(r for r in now if r is not None)}
-        for name, setting in (("kernel (before)", None), ("now", "default")):
+        for name, setting in () if args.full_only else (("kernel (before)", None), ("now", "default")):
             for m in layers:
                 m.prefill_rows = None if setting is None else _default(m)
             start = time.perf_counter()
             row[f"{name} ppl {args.windows}w"] = perplexity(bundle, args.data_dir, args.windows, args.seqlen)
             row[f"{name} s {args.windows}w"] = time.perf_counter() - start
-        if args.full:
+        if args.full or args.full_only:
+            for m in layers:
+                m.prefill_rows = _default(m)
             start = time.perf_counter()
             row["now ppl full"] = perplexity(bundle, args.data_dir, None, args.seqlen)
             row["now s full"] = time.perf_counter() - start
@@ -81,8 +84,11 @@ def write(results: list[dict], args) -> None:
              f"| format | layout | ppl {w} windows, kernel (before) | ppl {w} windows, now | relative change | s before / now | ppl all windows, now |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        before, now = r[f"kernel (before) ppl {w}w"], r[f"now ppl {w}w"]
         full = f"{r['now ppl full']:.4f}" if "now ppl full" in r else "-"
+        if f"now ppl {w}w" not in r:
+            lines.append(f"| {r['format']} | {r['layout']} | - | - | - | - | {full} |")
+            continue
+        before, now = r[f"kernel (before) ppl {w}w"], r[f"now ppl {w}w"]
         lines.append(f"| {r['format']} | {r['layout']} | {before:.4f} | {now:.4f} | {(now - before) / before:+.2e} | "
                      f"{r[f'kernel (before) s {w}w']:.0f} / {r[f'now s {w}w']:.0f} | {full} |")
     text = "\n".join(lines) + "\n"
