@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -73,6 +74,52 @@ def measure_peak_rss() -> Iterator[PeakMemory]:
 
             result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             result.method = "ru_maxrss (since process start)"
+
+
+@dataclass
+class PeakGpu:
+    """Peak GPU memory allocated by torch inside a ``measure_peak_gpu`` block (None off CUDA)."""
+
+    peak_bytes: int | None = None
+
+
+@contextlib.contextmanager
+def measure_peak_gpu(device) -> Iterator[PeakGpu]:
+    """``torch.cuda.max_memory_allocated`` of ``device`` during the block, the peak statistics
+    reset at its start; ``peak_bytes`` stays None unless ``device`` is a CUDA device."""
+    import torch
+
+    result = PeakGpu()
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        yield result
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield result
+    finally:
+        torch.cuda.synchronize(device)
+        result.peak_bytes = int(torch.cuda.max_memory_allocated(device))
+
+
+def gpu_info() -> dict | None:
+    """GPU name, count, compute capability and memory, CUDA runtime and driver versions (None without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "count": torch.cuda.device_count(), "capability": f"{props.major}.{props.minor}",
+            "memory_bytes": int(props.total_memory), "cuda_runtime": torch.version.cuda, "driver": _driver_version()}
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def cpu_name() -> str:

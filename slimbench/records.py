@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from slimbench._system import cpu_count, cpu_name
+from slimbench._system import cpu_count, cpu_name, gpu_info
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "failed")
@@ -176,6 +176,7 @@ class RunRecord:
     compression: CompressionReport | None = None
     metrics: list[Metric] = field(default_factory=list)
     evaluator_errors: list[dict] = field(default_factory=list)
+    evaluator_peak_gpu_bytes: dict = field(default_factory=dict)  # evaluator -> torch.cuda.max_memory_allocated (None off CUDA)
     protocols: dict = field(default_factory=dict)  # evaluator -> {"fingerprint": ..., **what was measured}
     protocol_fingerprint: str | None = None  # of the machine-independent protocols (what tables group by)
     data: dict = field(default_factory=dict)
@@ -310,6 +311,7 @@ def _static_environment() -> dict:
         "cpu": cpu_name(),
         "cpu_count": cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": gpu_info(),  # name, capability, memory, CUDA runtime and driver versions (None without CUDA)
         "git": git_state(),
     }
     return env

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from slimbench._system import Stopwatch, measure_peak_rss
+from slimbench._system import Stopwatch, measure_peak_gpu, measure_peak_rss
 from slimbench.configs import (
     RunSettings, build_dataclass, check_dir_path, config_to_dict, field_names, run_settings, to_plain, unknown_keys,
 )
@@ -447,8 +447,9 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
         try:
             seed_everything(plan.eval_ctx.seed)
             bundle.hooks.reset_state()
-            with watch.time(f"eval_{name}_s"):
+            with watch.time(f"eval_{name}_s"), measure_peak_gpu(_model_device(bundle.model)) as gpu:
                 result = evaluator(bundle, plan.eval_ctx)
+            record.evaluator_peak_gpu_bytes[name] = gpu.peak_bytes
         except Exception as exc:  # one evaluator failing must not stop the others
             log.exception("evaluator %s failed", name)
             record.evaluator_errors.append({"evaluator": name, **_error(exc)})
@@ -501,6 +502,7 @@ class _Measured:
     peak_rss_bytes: int | None
     rss_before_bytes: int | None
     peak_rss_method: str
+    peak_gpu_bytes: int | None = None
 
 
 def compress(methods: Method | list[Method], bundle: ModelBundle, calib: CalibrationSet | None, fuse: bool = True) -> CompressionReport:
@@ -548,6 +550,7 @@ def compress(methods: Method | list[Method], bundle: ModelBundle, calib: Calibra
         notes.append("the calibration statistics " + ", ".join(hits) + " were read from the cache: "
                      "wall time and peak RSS exclude the calibration pass that computed them")
     peaks = [m.peak_rss_bytes for m in measured if m.peak_rss_bytes is not None]
+    gpu_peaks = [m.peak_gpu_bytes for m in measured if m.peak_gpu_bytes is not None]
     return CompressionReport(
         method="+".join(m.name for m in methods),
         execution_path=path,
@@ -567,6 +570,7 @@ def compress(methods: Method | list[Method], bundle: ModelBundle, calib: Calibra
         peak_rss_bytes=max(peaks) if peaks else None,
         rss_before_bytes=measured[0].rss_before_bytes if measured else None,
         peak_rss_method=measured[0].peak_rss_method if measured else "unavailable",
+        peak_gpu_bytes=max(gpu_peaks) if gpu_peaks else None,
         calibration=None if calib is None else calib.fingerprint(),
         calibration_cache_hits=hits,
         stages=stages,
@@ -578,7 +582,7 @@ def _run_group(bundle: ModelBundle, calib: CalibrationSet | None, group: list[tu
     """Run one method, or several plans fused into one engine pass; measure them together."""
     params_before = module_params(bundle.model)
     hooks_before = set(bundle.hooks.names())
-    with measure_peak_rss() as peak:
+    with measure_peak_rss() as peak, measure_peak_gpu(_model_device(bundle.model)) as gpu:
         start = time.perf_counter()
         if group[0][1] is None:
             results = [group[0][0].apply(bundle, calib)]
@@ -592,10 +596,18 @@ def _run_group(bundle: ModelBundle, calib: CalibrationSet | None, group: list[tu
         _measure_layers(bundle.model, result.layers, params_before)
         reports.append(StageReport(
             method=method.name, config=config_to_dict(method.config), execution_path=result.execution_path,
-            wall_time_s=wall, peak_rss_bytes=peak.peak_rss_bytes, layers=result.layers, details=result.details,
+            wall_time_s=wall, peak_rss_bytes=peak.peak_rss_bytes, peak_gpu_bytes=gpu.peak_bytes, layers=result.layers, details=result.details,
             notes=list(result.notes), hooks=hooks if len(group) == 1 else [], fused_with=[n for n in names if n != method.name],
         ))
-    return reports, _Measured(wall, peak.peak_rss_bytes, peak.start_rss_bytes, peak.method)
+    return reports, _Measured(wall, peak.peak_rss_bytes, peak.start_rss_bytes, peak.method, gpu.peak_bytes)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device | None:
+    """Where the model's weights are (GPU peak memory is measured only on CUDA)."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return None if tensor is None else tensor.device
 
 
 def _measure_layers(model: torch.nn.Module, layers: list[LayerReport], params_before: dict[str, int]) -> None:

@@ -149,3 +149,46 @@ def test_int8_kernel_is_only_chosen_where_it_computes_correctly(k):
     x = torch.randn(5, k)
     ref = x @ layer.dequantize().t()
     assert float((layer(x) - ref).abs().max() / ref.abs().max()) < 1e-2  # bfloat16 activations
+
+
+@pytest.mark.parametrize("bits,group,n,k", [(4, 64, 80, 192), (4, 128, 64, 576), (4, -1, 48, 192), (8, -1, 32, 25), (8, -1, 40, 96)])
+def test_prefill_path_matches_the_kernel(bits, group, n, k):
+    """From CPU_PREFILL_ROWS rows on, the int4/int8 layouts dequantize to bf16 and run a bf16
+    GEMM: the same weights as the kernel (N with a 16-row tail block, K padded for int8)."""
+    codes, scales, zeros = _random_quant(n, k, bits, group)
+    mod = QuantLinear.from_codes(codes, scales, zeros, bits, group, bias=torch.randn(n))
+    assert mod.layout == ("int4-cpu" if bits == 4 else "int8") and mod.prefill_rows >= 2
+    info = mod.kernel_info()
+    assert info["prefill_rows"] == mod.prefill_rows and "bf16 GEMM" in info["prefill"] and info["decode"].startswith("aten.")
+    x = torch.randn(mod.prefill_rows + 3, k)
+    ref = x.to(torch.bfloat16).float() @ mod.dequantize().t() + mod.bias
+    prefill = mod(x)
+    mod.prefill_rows = None  # the kernel for every size
+    kernel = mod(x)
+    assert _sqnr_db(ref, prefill) > 40 and _sqnr_db(ref, kernel) > 40
+    assert _sqnr_db(kernel, prefill) > 40
+
+
+def test_prefill_dequantization_reads_the_pack_layout_without_a_gather():
+    """unpack_int4pack_cpu_t reads torch's blocked pack layout (64-row blocks, then a tail
+    block) through strided views; it agrees with the permutation found by index probing."""
+    for n, k in [(16, 64), (80, 64), (128, 96), (1536, 64)]:
+        codes = torch.randint(0, 16, (n, k))
+        packed = packing.to_int4pack_cpu(codes)
+        assert packing.int4pack_cpu_is_blocked(n)
+        assert torch.equal(packing.unpack_int4pack_cpu_t(packed, n, k).t().int(), codes.int())
+        source = packing._int4pack_cpu_source(n, k)
+        probed = torch.empty(n * k, dtype=torch.int32)
+        probed[source] = packing._nibbles(packed)
+        assert torch.equal(probed.reshape(n, k), codes.int())
+
+
+def test_quantized_layer_reports_name_both_paths():
+    from slimbench.methods.quant.common import layer_report, rtn, summarize
+
+    q = rtn(torch.randn(64, 128), 4, 64, sym=False)
+    mod = QuantLinear.from_codes(q.codes, q.scales, q.zeros, 4, 64)
+    report = layer_report("blocks.0.up", "up", q, mod)
+    assert report.path == "int4-kernel" and report.extra["prefill_rows"] == mod.prefill_rows
+    path, _, notes = summarize([report])
+    assert path == "int4-kernel" and any(f"{mod.prefill_rows} rows or more" in n for n in notes)

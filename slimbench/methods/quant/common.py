@@ -123,7 +123,7 @@ def layer_report(name: str, role: str, q: Quantized, qlinear: QuantLinear, error
     """The typed per-layer report of one quantized linear."""
     k = q.codes.shape[1]
     groups = group_slices(k, q.group_size)
-    extra: dict = {"groups": num_groups(k, q.group_size), "layout": qlinear.layout}
+    extra: dict = {"groups": num_groups(k, q.group_size), **qlinear.kernel_info()}
     if q.group_size > 0 and k % q.group_size:
         extra["last_partial_group"] = groups[-1].stop - groups[-1].start
     if qlinear.kernel_group and qlinear.kernel_group != (k if q.group_size <= 0 else q.group_size):
@@ -146,6 +146,14 @@ def summarize(layers: list[LayerReport]) -> tuple[str, dict, list[str]]:
         notes.append("simulated layers dequantize packed codes to float on every forward (no kernel for this format on this device)")
     if any(r.extra.get("layout") in ("int8", "int4-cpu") for r in layers):
         notes.append("CPU weight-only kernels compute with bfloat16 activations and bfloat16 scales (their vectorized path)")
+    prefill = sorted({(r.extra["layout"], r.extra["prefill_rows"], r.extra["prefill"]) for r in layers
+                      if r.extra.get("layout") in ("int8", "int4-cpu") and r.extra.get("prefill_rows")})
+    for layout, rows, how in prefill:
+        notes.append(f"{layout} layers: inputs of fewer than {rows} rows (decode) run torch's kernel; {rows} rows or more "
+                     f"(prefill, perplexity windows) are computed by {how} (measured crossover, kernels.qlinear.CPU_PREFILL_ROWS)")
+    chosen = Counter(r.extra["cuda_selection"]["layout"] for r in layers if "cuda_selection" in r.extra)
+    if chosen:
+        notes.append("CUDA kernels chosen per shape by timing (cuda_select): " + ", ".join(f"{n} {lay}" for lay, n in sorted(chosen.items())))
     partial = {r.extra["last_partial_group"] for r in layers if "last_partial_group" in r.extra}
     if partial:
         notes.append(f"K not a multiple of the group size: the last group of those rows has {sorted(partial)} columns, quantized with its own scale/zero")

@@ -1,0 +1,166 @@
+"""Prefill and decode latency of every quantized format on SmolLM2, side by side with dense fp32.
+
+Latency depends on the format (layout, bits, group), not on which method chose the codes, so
+each format is measured with RTN codes (SmoothQuant's W8A8 with per-channel absmax weights:
+its smoothing only rescales weights and norms): one model load, each format quantized from the
+same dense weights, every measurement in this one process with the latency evaluator of the
+``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache, 2 warm-up + 7 repeats,
+median). Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
+with the prefill (128 rows) also by the kernel (``prefill_rows=None``: the behaviour before the
+prefill path existed) and with the prefill dequantized to bf16 + bf16 GEMM (``prefill_rows=2``).
+Which of the two the code runs at 128 rows follows from ``CPU_PREFILL_ROWS``, printed under the
+table. The model-level crossover that sets it is measured here too: for each such format, the
+prefill time of the whole model (median of ``--crossover-repeats``) at prompts of
+``CROSSOVER_ROWS`` tokens through the kernel and through the dequantizing path; the crossover
+is the smallest prompt from which the dequantizing path is faster at every longer one
+(``cpu_quant_crossover.py`` gives the same per layer, with warm caches).
+
+    flock /work/bench.lock env PYTHONPATH=. /work/main/.venv/bin/python benchmarks/quant_latency.py \
+        --out results/benchmarks/quant_latency_smollm2.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.quant_kernel_check import resolve_named_model
+from slimbench._system import cpu_name
+from slimbench.evaluation.base import EvalContext
+from slimbench.evaluation.latency import Latency, LatencyConfig
+from slimbench.kernels.qlinear import CPU_PREFILL_ROWS, QuantLinear
+from slimbench.methods.quant.rtn import RTN, RTNConfig
+from slimbench.models.adapters import set_path
+from slimbench.run import compress
+
+# (label, RTN config or "w8a8", leaderboard rows it stands for)
+FORMATS = [
+    ("int4 g128", RTNConfig(bits=4, group_size=128), "awq w4, gptq w4 g128 (both orders), rtn w4 g128"),
+    ("int4 g64", RTNConfig(bits=4, group_size=64), "gptq w4 g64, rtn w4 g64"),
+    ("int8 per-row", RTNConfig(bits=8, group_size=-1), "awq w8, gptq w8, rtn w8"),
+    ("int3 g128 (simulated)", RTNConfig(bits=3, group_size=128), "awq w3, gptq w3 (both orders), rtn w3"),
+    ("w8a8 per-channel/per-token", "w8a8", "smoothquant (smooth on/off)"),
+]
+
+
+def to_w8a8(bundle) -> None:
+    adapter = bundle.adapter
+    for block in adapter.get_blocks(bundle.model):
+        for role, module in adapter.block_linears(block).items():
+            bias = getattr(module, "bias", None)
+            set_path(block, adapter.role_path(role), QuantLinear.w8a8_from_float(adapter.weight_matrix(module).detach().float(), bias))
+
+
+CROSSOVER_ROWS = [8, 16, 32, 64, 96, 128, 192, 256, 512]
+
+
+@torch.inference_mode()
+def prefill_crossover(bundle, layers, repeats: int) -> tuple[dict, int | None]:
+    """{rows: (kernel ms, dequantizing ms)} of a whole-model prefill, and the crossover."""
+    vocab = bundle.model.get_input_embeddings().weight.shape[0]
+    times = {}
+    for rows in CROSSOVER_ROWS:
+        prompt = torch.randint(0, vocab, (1, rows), generator=torch.Generator().manual_seed(rows))
+        samples = {None: [], 2: []}
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for prefill_rows in samples:
+                for m in layers:
+                    m.prefill_rows = prefill_rows
+                start = time.perf_counter()
+                bundle.model(input_ids=prompt, use_cache=True)
+                samples[prefill_rows].append(time.perf_counter() - start)
+        times[rows] = tuple(1e3 * sorted(v[1:])[len(v[1:]) // 2] for v in samples.values())
+    best = None
+    for rows in sorted(times, reverse=True):
+        if times[rows][1] >= times[rows][0]:
+            break
+        best = rows
+    return times, best
+
+
+def measure(bundle, config: LatencyConfig) -> dict:
+    ctx = EvalContext(data_dir=None, device="cpu", seed=0, threads=torch.get_num_threads())
+    result = Latency(config)(bundle, ctx)
+    return {m.name: m.value for m in result.metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--formats", default="all", help="comma-separated labels' first words (e.g. int4,int8) or all")
+    parser.add_argument("--crossover-repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    config = LatencyConfig(prompt_len=128, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
+    source, loader, cfg, ctx = resolve_named_model(args.model)
+    dense = loader.load(source, cfg, ctx)
+    rows = [("dense fp32", "-", "dense", measure(dense, config))]
+    crossovers = {}
+    print(rows[-1], flush=True)
+    for label, fmt, stands_for in FORMATS:
+        if args.formats != "all" and label.split()[0] not in args.formats.split(","):
+            continue
+        bundle = replace(dense, model=copy.deepcopy(dense.model))
+        if fmt == "w8a8":
+            to_w8a8(bundle)
+        else:
+            compress(RTN(fmt), bundle, None)
+        layers = [m for m in bundle.model.modules() if isinstance(m, QuantLinear)]
+        configured = sorted({m.prefill_rows for m in layers if m.prefill_rows is not None})
+        if not configured:
+            rows.append((label, stands_for, layers[0].execution_path, measure(bundle, config)))
+            print(rows[-1], flush=True)
+        if configured and args.crossover_repeats:
+            crossovers[label] = (layers[0].layout, *prefill_crossover(bundle, layers, args.crossover_repeats))
+            print(label, crossovers[label], flush=True)
+        for prefill_rows, path in ((None, "kernel for every size (before)"), (2, "prefill by dequantize + bf16 GEMM")) if configured else ():
+            for m in layers:
+                m.prefill_rows = prefill_rows
+            rows.append((label, stands_for, path, measure(bundle, config)))
+            print(rows[-1], flush=True)
+        del bundle
+    write(rows, crossovers, config, args)
+
+
+def write(rows, crossovers, config: LatencyConfig, args) -> None:
+    base = rows[0][3]
+    lines = [f"# Quantized formats on {args.model}: prefill and decode latency (CPU)", "",
+             f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}, "
+             f"{time.strftime('%Y-%m-%d')}. One process, one model load; each format quantized with RTN codes from the same "
+             f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache), "
+             f"warm-up {config.warmup}, median of {config.repeats}. `benchmarks/quant_latency.py`.", "",
+             "| format | stands for (leaderboard rows) | path | prefill ms | prefill p90 | decode tok/s | decode p10 | prefill × dense | decode × dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, stands_for, path, m in rows:
+        lines.append(f"| {label} | {stands_for} | {path} | {m['prefill_ms']:.1f} | {m['prefill_ms_p90']:.1f} | {m['decode_tokens_per_s']:.1f} | "
+                     f"{m['decode_tokens_per_s_p10']:.1f} | {base['prefill_ms'] / m['prefill_ms']:.2f} | {m['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f} |")
+    if crossovers:
+        lines += ["", "Whole-model prefill (ms, median) by prompt length: kernel / dequantize + bf16 GEMM; crossover = smallest prompt "
+                  "from which the dequantizing path is faster at every longer one.", "",
+                  "| format | layout | " + " | ".join(f"{r} tok" for r in CROSSOVER_ROWS) + " | crossover |",
+                  "|---|---|" + "---|" * len(CROSSOVER_ROWS) + "---|"]
+        for label, (layout, times, best) in crossovers.items():
+            lines.append(f"| {label} | {layout} | " + " | ".join(f"{k:.0f} / {d:.0f}" for k, d in times.values()) + f" | {best} |")
+    lines += ["", f"Decode (1 row) always runs torch's kernel. The code dequantizes from CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS} rows on "
+              f"(prefill of {config.prompt_len} rows: the dequantizing row of a format applies where its layout's threshold is <= {config.prompt_len})."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps({"rows": [{"format": r[0], "stands_for": r[1], "path": r[2], **r[3]} for r in rows],
+                                                             "crossover": {k: {"layout": v[0], "ms": {str(r): t for r, t in v[1].items()}, "rows": v[2]}
+                                                                           for k, v in crossovers.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
