@@ -2,7 +2,8 @@
 
     slimbench [overrides]            one run (Hydra), prints its result table
     slimbench -m [overrides]         a sweep (Hydra multirun), prints one row per job
-    slimbench leaderboard [options]  Markdown (+CSV) tables from the results store
+    slimbench leaderboard [options]  tables (Markdown, CSV, HTML, JSON) and Pareto plots from the results store
+    slimbench claims [options]       papers' claims (results/claims/*.yaml) checked against the store
 
 Before Hydra starts, the overrides are checked: an unknown config-group option
 (``method=nope``) is reported in one line with the available choices. Overrides of keys
@@ -26,7 +27,7 @@ import uuid
 from pathlib import Path
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher")
+GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher", "hydra/sweeper")
 VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
 PIPELINE_PLACEHOLDER = "stages"  # conf/method/stages.yaml: an empty node the stage presets fill
 JOURNAL_ENV = "SLIMBENCH_JOURNAL"
@@ -36,8 +37,24 @@ log = logging.getLogger("slimbench")
 
 
 def _options(group: str) -> list[str]:
+    if group.startswith("hydra/"):
+        return hydra_group_options(group)
     folder = CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER) if folder.is_dir() else []
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """The options of a Hydra group (``hydra/launcher``, ``hydra/sweeper``) on Hydra's own config
+    search path: its built-ins, every installed plugin (basic, joblib, submitit_local,
+    submitit_slurm, ray, ...) and slimbench's conf/."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports the plugins, which register their configs
+    paths = create_config_search_path(str(CONF_DIR))
+    return sorted(ConfigRepository(config_search_path=paths).get_group_options(group, ObjectType.CONFIG))
 
 
 def _check_choice(group: str, choice: str) -> None:
@@ -64,6 +81,19 @@ def pipeline_overrides(value: str, check: bool = True) -> list[str]:
     return [f"method={PIPELINE_PLACEHOLDER}", *[f"+method@method.{i}={name}" for i, name in enumerate(names)]]
 
 
+def seeds_overrides(value: str, multirun: bool) -> list[str]:
+    """``seeds=[0,1,2]`` -> one job per seed: the global seed (sampling, anything seeded) and the
+    calibration draw follow it (``seed=0,1,2 ++calib.seed=${seed}``)."""
+    from slimbench.errors import ConfigError
+
+    items = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not items or not all(v.lstrip("-").isdigit() for v in items):
+        raise ConfigError(f"seeds={value!r}: expected a list of integers, e.g. seeds=[0,1,2]")
+    if len(items) > 1 and not multirun:
+        raise ConfigError(f"seeds={value!r} runs one job per seed: add -m (a multirun)")
+    return [f"seed={','.join(items)}", "++calib.seed=${seed}"]
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Check config-group choices, expand ad-hoc pipelines and rewrite validated-node overrides;
     raises ConfigError."""
@@ -71,6 +101,9 @@ def preflight(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
+        if eq and key == "seeds":
+            out += seeds_overrides(value, multirun=any(a in ("-m", "--multirun") for a in argv))
+            continue
         if eq and key == "pipeline" and value.strip().startswith("["):
             out += pipeline_overrides(value, check=not custom_search_path)
             continue
@@ -109,7 +142,10 @@ def _task(cfg) -> None:
     entry = {"job": hc.job.get("num", 0) if multirun else 0, "overrides": overrides}
     if cfg.get("threads") is None and multirun:
         n_jobs = hc.launcher.get("n_jobs") if hc.launcher else None
-        if n_jobs and int(n_jobs) > 1:
+        cpus = hc.launcher.get("cpus_per_task") if hc.launcher else None
+        if cpus:  # submitit (SLURM, local): the job's own CPUs
+            cfg.threads = int(cpus)
+        elif n_jobs and int(n_jobs) > 1:
             from slimbench._system import cpu_count
 
             cfg.threads = max(1, cpu_count() // int(n_jobs))
@@ -183,37 +219,23 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
 
 
 def leaderboard_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="slimbench leaderboard", description="Tables from the results store.")
-    parser.add_argument("--results-dir", default=os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs"))
-    parser.add_argument("--model", help="only this model")
-    parser.add_argument("--suite", help="only this eval suite")
-    parser.add_argument("--methods", help="only these methods (comma-separated, e.g. dense,wanda,sparsegpt)")
-    parser.add_argument("--csv", help="CSV output path (default: <results-dir>/leaderboard.csv)")
-    parser.add_argument("--markdown", help="also write the Markdown tables to this file")
-    args = parser.parse_args(argv)
-    from slimbench.leaderboard.tables import leaderboard_markdown, load_records, write_csv
+    from slimbench.leaderboard.report import main as leaderboard
 
-    if not Path(args.results_dir).is_dir():
-        print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
-        return 2
-    records = load_records(args.results_dir, model=args.model, suite=args.suite)
-    if args.methods:
-        wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
-        records = [r for r in records if r.method_name in wanted]
-    table = leaderboard_markdown(records)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
-    csv = write_csv(records, args.csv or Path(args.results_dir) / "leaderboard.csv")
-    print(f"\n{len(records)} runs; CSV: {csv}")
-    return 0
+    return leaderboard(argv)
+
+
+def claims_main(argv: list[str]) -> int:
+    from slimbench.claims import main as claims
+
+    return claims(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "leaderboard":
         return leaderboard_main(argv[1:])
+    if argv and argv[0] == "claims":
+        return claims_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     from slimbench.errors import ConfigError
