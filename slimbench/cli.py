@@ -11,7 +11,9 @@ inside the validated nodes (``method.*``, ``model.*``, ``eval.*``, ``calib.*``,
 ``tracker.*``) are passed to Hydra as ``++key=value`` so that slimbench's own validation
 reports a misspelt parameter with a suggestion, and so that a grid such as
 ``method=dense,magnitude method.sparsity=0.3,0.5`` composes (dense ignores ``sparsity``,
-and the record says so).
+and the record says so). ``hydra/launcher=`` accepts every launcher on Hydra's own search path
+(installed plugins: joblib, submitit_local, submitit_slurm, ray), and ``seeds=[0,1,2]`` becomes
+one job per seed (``seed=0,1,2 ++calib.seed=${seed}``).
 """
 
 from __future__ import annotations
@@ -230,6 +232,17 @@ def claims_main(argv: list[str]) -> int:
     return claims(argv)
 
 
+def _journal_dir(argv: list[str], informational: bool) -> str | None:
+    """Where jobs report back: under the results dir, which jobs on other machines (SLURM) share
+    with this one; the system temp dir for --cfg/--help."""
+    if informational:
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.results_dir=")]
+    folder = Path(given[-1] if given else os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs")) / "journal"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "leaderboard":
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     multirun = any(a in ("-m", "--multirun") for a in argv)
     informational = any(a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
-    fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl")
+    fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl", dir=_journal_dir(argv, informational))
     os.close(fd)
     os.environ[JOURNAL_ENV] = journal
     os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex[:12])

@@ -142,7 +142,8 @@ def _panel(ax, group: Group, quality, pts: list[Point], left: int, axis: str) ->
         ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     front = sorted((p for p in pts if p.on_front), key=lambda p: p.x)
     ax.step([p.x for p in front], [p.y for p in front], where="post", color="tab:red", lw=1.2, label="Pareto front")
-    if quality[0] == "perplexity.perplexity":
+    ys = [p.y for p in pts if p.y > 0]
+    if quality[0] == "perplexity.perplexity" and ys and max(ys) > 4 * min(ys):  # broken configs reach 1e4
         ax.set_yscale("log")
     ax.set_xlabel(AXES[axis][3])
     ax.set_ylabel(quality[2])
