@@ -223,7 +223,7 @@ def _summarize(entries: list[dict], multirun: bool) -> int:
 def leaderboard_main(argv: list[str]) -> int:
     from slimbench.leaderboard.report import main as leaderboard
 
-    return leaderboard(argv)
+    return leaderboard(argv, preflight=preflight)
 
 
 def claims_main(argv: list[str]) -> int:

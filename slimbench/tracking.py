@@ -110,7 +110,8 @@ class WandbTracker:
 
         frame = table.astype(object).where(table.notna(), None)
         self.run.log({f"leaderboard/{name}": wandb.Table(dataframe=frame)})
-        self.run.log({f"leaderboard/{stem}": wandb.Image(str(path)) for stem, path in images.items()})
+        if images:
+            self.run.log({f"leaderboard/{stem}": wandb.Image(str(path)) for stem, path in images.items()})
 
     def finish(self, ok: bool) -> None:
         if self.run is not None:

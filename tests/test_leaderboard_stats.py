@@ -113,3 +113,27 @@ def test_pareto_plots_are_written_per_protocol_group(tmp_path):
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot(board, "latency", tmp_path / "l.png") is not None
     assert plot(build([]), "bytes", tmp_path / "none.png") is None
+
+
+@pytest.mark.slow  # the W&B service starts and writes asynchronously
+def test_the_leaderboard_and_its_plots_are_logged_to_wandb_offline(tmp_path):
+    import time
+
+    from slimbench.leaderboard.report import log_wandb
+    from tests.test_tracking import _logged_items
+
+    recs = [_rec("d", "dense", 1000, 200.0, 30.0, 4_000_000, ppl=(9.0, 0.05)), _seeded("w0", 10.0, 0.1, 0), _seeded("w1", 11.0, 0.2, 1)]
+    for r in recs:
+        r.metrics.append(Metric("linear_bytes", 3_000_000, evaluator="size"))
+    board = build(recs)
+    png = plot(board, "bytes", tmp_path / "b-pareto-bytes.png")
+    log_wandb(board, "b", [png], str(tmp_path))
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    deadline = time.monotonic() + 60
+    while True:
+        items, exit_codes = _logged_items(run_dir)
+        if exit_codes or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert items["leaderboard/b/_type"] == "table-file" and items["leaderboard/b/nrows"] == 2  # one row per config
+    assert items["leaderboard/b-pareto-bytes/_type"] == "image-file" and exit_codes == [0]

@@ -85,3 +85,27 @@ def test_every_job_of_every_experiment_validates_on_smollm2(experiment, monkeypa
     assert jobs and not [(j.overrides, j.error) for j in jobs if j.error]
     if experiment not in CROSS_METHOD:
         assert len({str(sorted(j.run_ids([]))) for j in jobs}) == len(jobs)  # no two jobs share a run
+
+
+def test_an_experiments_records_are_found_by_run_id_and_its_missing_jobs_listed(tmp_path, monkeypatch):
+    from slimbench.cli import leaderboard_main as leaderboard
+    from slimbench.records import RunRecord
+    from slimbench.store import ResultStore
+
+    monkeypatch.setenv("SLIMBENCH_DATA_DIR", str(FIXTURE_DATA_DIR))
+    overrides = ["model=tiny-llama", "tracker=none"]
+    jobs = experiment_jobs("magnitude-sweep", preflight(overrides))
+    store = ResultStore(tmp_path)
+    for run_id in {sorted(j.run_ids([97]) - j.run_ids([]))[0] for j in jobs[:2]}:  # timed with 97 threads elsewhere
+        store.write(RunRecord(run_id=run_id, attempt_id="a", status="ok", model={"name": "tiny-llama"}, environment={"torch_threads": 97},
+                              method={"name": "dense", "stages": [{"name": "dense", "config": {}}]}, eval={"suite": "quick"}).to_dict())
+    store.write(RunRecord(run_id="unrelated", attempt_id="a", status="ok", model={"name": "tiny-llama"},
+                          method={"name": "wanda", "stages": [{"name": "wanda", "config": {}}]}, eval={"suite": "quick"}).to_dict())
+    out = tmp_path / "board"
+    assert leaderboard(["--results-dir", str(tmp_path), "--experiment", "magnitude-sweep", "--out", str(out), *overrides]) == 0
+    data = __import__("json").loads((out / "magnitude-sweep.json").read_text())
+    run_ids = {r["run_id"] for g in data["groups"] for c in g["configs"] for r in c["runs"]}
+    assert "unrelated" not in run_ids and len(run_ids) == 1  # jobs 0 and 1 are dense at 30% / 50%: one run
+    assert len(data["missing"]) == 2 and all("magnitude" in m for m in data["missing"])
+    assert {p.suffix for p in out.iterdir()} >= {".md", ".csv", ".html", ".json"}
+    assert leaderboard(["--results-dir", str(tmp_path), "--experiment", "nope"]) == 2

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from slimbench.errors import ConfigError
 from slimbench.leaderboard.board import Board, build
@@ -46,11 +47,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def select(args, records: list[RunRecord]) -> tuple[list[RunRecord], list[str]]:
-    """The records to show and the experiment's jobs that have none."""
+def select(args, records: list[RunRecord], preflight: Callable[[list[str]], list[str]]) -> tuple[list[RunRecord], list[str]]:
+    """The records to show and the experiment's jobs that have none. ``preflight`` is the command
+    line's override check and rewriting (``slimbench.cli.preflight``)."""
     missing: list[str] = []
     if args.experiment:
-        records, missing = experiment_records(args.experiment, args.overrides, records)
+        overrides = preflight([f"experiment={args.experiment}", *args.overrides])  # checks the experiment's name too
+        records, missing = experiment_records(args.experiment, overrides[1:], records)
     elif args.overrides:
         raise ConfigError(f"overrides {' '.join(args.overrides)!r} need --experiment (they select an experiment's jobs)")
     if args.model:
@@ -64,11 +67,11 @@ def select(args, records: list[RunRecord]) -> tuple[list[RunRecord], list[str]]:
 
 
 def experiment_records(name: str, overrides: list[str], records: list[RunRecord]) -> tuple[list[RunRecord], list[str]]:
-    from slimbench.cli import _check_choice, preflight
+    """The records of the experiment's jobs (matched by run_id, for every thread count the store
+    holds) and the jobs without one. ``overrides`` are pre-flighted."""
     from slimbench.sweeps import experiment_jobs
 
-    _check_choice("experiment", name)
-    jobs = experiment_jobs(name, preflight(list(overrides)))
+    jobs = experiment_jobs(name, overrides)
     threads = {r.environment.get("torch_threads") for r in records} - {None}
     by_id = {r.run_id: r for r in records}
     chosen, missing = {}, []
@@ -108,13 +111,13 @@ def log_wandb(board: Board, name: str, images: list[Path], results_dir: str) -> 
         tracker.finish(ok=True)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], preflight: Callable[[list[str]], list[str]] = list) -> int:
     args = parser().parse_args(argv)
     if not Path(args.results_dir).is_dir():
         print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
         return 2
     try:
-        records, missing = select(args, ResultStore(args.results_dir).latest())
+        records, missing = select(args, ResultStore(args.results_dir).latest(), preflight)
     except ConfigError as exc:
         print(f"slimbench: error: {exc}", file=sys.stderr)
         return 2
