@@ -2,8 +2,9 @@
 
     slimbench [overrides]            one run (Hydra), prints its result table
     slimbench -m [overrides]         a sweep (Hydra multirun), prints one row per job
-    slimbench leaderboard [options]  Markdown (+CSV) tables from the results store
+    slimbench leaderboard [options]  tables (Markdown, CSV, HTML, JSON) and Pareto plots from the results store
     slimbench methods [name]         the methods (or one method's parameters); also evaluators, models
+    slimbench claims [options]       papers' claims (results/claims/*.yaml) checked against the store
     slimbench --help                 what the command does
 
 Before Hydra starts, the overrides are checked: an unknown config-group option
@@ -12,7 +13,9 @@ inside the validated nodes (``method.*``, ``model.*``, ``eval.*``, ``calib.*``,
 ``tracker.*``) are passed to Hydra as ``++key=value`` so that slimbench's own validation
 reports a misspelt parameter with a suggestion, and so that a grid such as
 ``method=dense,magnitude method.sparsity=0.3,0.5`` composes (dense ignores ``sparsity``,
-and the record says so).
+and the record says so). ``hydra/launcher=`` accepts every launcher on Hydra's own search path
+(installed plugins: joblib, submitit_local, submitit_slurm, ray), and ``seeds=[0,1,2]`` becomes
+one job per seed (``seed=0,1,2 ++calib.seed=${seed}``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from slimbench.plugins import CONF_DIR, conf_roots  # light: no torch, no Hydra
 
 HELP = """usage: slimbench [run] [-m] [key=value ...]
        slimbench leaderboard [--results-dir DIR] [--model M] [--suite S] [--methods a,b] [--markdown FILE]
+       slimbench claims [--results-dir DIR] [--claims FILE ...]
        slimbench methods [NAME] | evaluators [NAME] | models [NAME]   [--json]
 
 Benchmark transformer compression: Hydra composes model x method x evaluation; every run writes
@@ -40,7 +44,9 @@ one JSON record (results dir: paths.results_dir or SLIMBENCH_RESULTS_DIR) and pr
 
 subcommands:
   run (default)   one run; with -m a sweep over comma-separated values (one record per job)
-  leaderboard     Markdown tables (+CSV) from the results store, never mixing protocols
+  leaderboard     tables (Markdown, CSV, HTML, JSON) and Pareto plots from the results store,
+                  never mixing protocols
+  claims          papers' claims (results/claims/*.yaml) checked against measured records
   methods         every method: family, calibration, execution path, summary and citation;
                   `slimbench methods wanda`: its parameters with types, defaults, valid values
   evaluators      every evaluator (perplexity, zeroshot, latency, size, ...) and its parameters
@@ -59,7 +65,7 @@ examples:
 Hydra's own flags: --cfg job|hydra|all, --info, --hydra-help, -m/--multirun.
 Python: import slimbench; slimbench.experiment(...), slimbench.compress(...), slimbench.results(...),
 slimbench.load_pretrained(dir). README.md has the details."""
-GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher")
+GROUPS = ("model", "method", "eval", "calib", "tracker", "experiment", "pipeline", "hydra/launcher", "hydra/sweeper")
 VALIDATED_NODES = ("method.", "model.", "eval.", "calib.", "tracker.")
 PIPELINE_PLACEHOLDER = "stages"  # conf/method/stages.yaml: an empty node the stage presets fill
 JOURNAL_ENV = "SLIMBENCH_JOURNAL"
@@ -71,27 +77,31 @@ log = logging.getLogger("slimbench")
 
 def _options(group: str) -> list[str]:
     """The presets of a config group: slimbench's and every installed plugin's (``slimbench.plugins``)."""
+    if group.startswith("hydra/"):
+        return hydra_group_options(group)
     names = {p.stem for root in conf_roots() for p in (root / group).glob("*.yaml")}
     return sorted(names - {PIPELINE_PLACEHOLDER})
 
 
-def _hydra_options(group: str) -> list[str]:
-    """Options Hydra and its installed plugins provide (``hydra/launcher=joblib``, ``basic``, ...)."""
-    from hydra.core.config_store import ConfigStore
+def hydra_group_options(group: str) -> list[str]:
+    """The options of a Hydra group (``hydra/launcher``, ``hydra/sweeper``) on Hydra's own config
+    search path: its built-ins, every installed plugin (basic, joblib, submitit_local,
+    submitit_slurm, ray, ...) and slimbench's conf/."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
     from hydra.core.plugins import Plugins
 
-    Plugins.instance()  # plugins register their configs on import
-    try:
-        return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group))
-    except OSError:
-        return []
+    Plugins.instance()  # imports the plugins, which register their configs
+    paths = create_config_search_path(str(CONF_DIR))
+    return sorted(ConfigRepository(config_search_path=paths).get_group_options(group, ObjectType.CONFIG))
 
 
 def _check_choice(group: str, choice: str) -> None:
     """An unknown config-group option gets one line with the choices and the closest one."""
     from slimbench.errors import ConfigError
 
-    options = _options(group) + (_hydra_options(group) if group.startswith("hydra/") else [])
+    options = _options(group)
     choice = choice.strip()
     if group == "method" and choice == PIPELINE_PLACEHOLDER:  # method=stages +method@method.0=...: a pipeline spelled out
         return
@@ -161,6 +171,19 @@ def pipeline_overrides(value: str, check: bool = True) -> list[str]:
     return [f"method={PIPELINE_PLACEHOLDER}", *[f"+method@method.{i}={name}" for i, name in enumerate(names)]]
 
 
+def seeds_overrides(value: str, multirun: bool) -> list[str]:
+    """``seeds=[0,1,2]`` -> one job per seed: the global seed (sampling, anything seeded) and the
+    calibration draw follow it (``seed=0,1,2 ++calib.seed=${seed}``)."""
+    from slimbench.errors import ConfigError
+
+    items = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not items or not all(v.lstrip("-").isdigit() for v in items):
+        raise ConfigError(f"seeds={value!r}: expected a list of integers, e.g. seeds=[0,1,2]")
+    if len(items) > 1 and not multirun:
+        raise ConfigError(f"seeds={value!r} runs one job per seed: add -m (a multirun)")
+    return [f"seed={','.join(items)}", "++calib.seed=${seed}"]
+
+
 def preflight(argv: list[str]) -> list[str]:
     """Check config-group choices, top-level keys and directory settings, expand ad-hoc pipelines
     and rewrite validated-node overrides; raises ConfigError."""
@@ -169,6 +192,9 @@ def preflight(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
+        if eq and key == "seeds":
+            out += seeds_overrides(value, multirun=any(a in ("-m", "--multirun") for a in argv))
+            continue
         if eq and key == "pipeline" and value.strip().startswith("["):
             out += pipeline_overrides(value, check=not custom_search_path)
             continue
@@ -213,10 +239,14 @@ def _task(cfg) -> None:
     try:
         if multirun and OmegaConf.select(cfg, "threads", throw_on_resolution_failure=False) is None:
             n_jobs = hc.launcher.get("n_jobs") if hc.launcher else None
-            if n_jobs and int(n_jobs) > 1:
+            cpus = hc.launcher.get("cpus_per_task") if hc.launcher else None
+            if cpus:  # submitit (SLURM, local): the job's own CPUs
+                cfg.threads = int(cpus)
+            elif n_jobs and int(n_jobs) > 1:
                 from slimbench._system import cpu_count
 
                 cfg.threads = max(1, cpu_count() // int(n_jobs))
+
         def started(run_id: str, path) -> None:  # lets a parallel launcher find the record of a job whose process dies
             append_journal({**entry, "status": "started", "run_id": run_id, "path": str(path), "pid": os.getpid()})
 
@@ -376,31 +406,26 @@ def catalog_main(kind: str, argv: list[str]) -> int:
 
 
 def leaderboard_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="slimbench leaderboard", description="Tables from the results store.")
-    parser.add_argument("--results-dir", default=os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs"))
-    parser.add_argument("--model", help="only this model")
-    parser.add_argument("--suite", help="only this eval suite")
-    parser.add_argument("--methods", help="only these methods (comma-separated, e.g. dense,wanda,sparsegpt)")
-    parser.add_argument("--csv", help="CSV output path (default: <results-dir>/leaderboard.csv)")
-    parser.add_argument("--markdown", help="also write the Markdown tables to this file")
-    args = parser.parse_args(argv)
-    from slimbench.leaderboard.tables import leaderboard_markdown, load_records, write_csv
+    from slimbench.leaderboard.report import main as leaderboard
 
-    if not Path(args.results_dir).is_dir():
-        print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
-        return 2
-    records = load_records(args.results_dir, model=args.model, suite=args.suite)
-    if args.methods:
-        wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
-        records = [r for r in records if r.method_name in wanted]
-    table = leaderboard_markdown(records)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
-    csv = write_csv(records, args.csv or Path(args.results_dir) / "leaderboard.csv")
-    print(f"\n{len(records)} runs; CSV: {csv}")
-    return 0
+    return leaderboard(argv, preflight=preflight)
+
+
+def claims_main(argv: list[str]) -> int:
+    from slimbench.claims import main as claims
+
+    return claims(argv)
+
+
+def _journal_dir(argv: list[str], informational: bool) -> str | None:
+    """Where jobs report back: under the results dir, which jobs on other machines (SLURM) share
+    with this one; the system temp dir for --cfg/--help."""
+    if informational:
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.results_dir=")]
+    folder = Path(given[-1] if given else os.environ.get("SLIMBENCH_RESULTS_DIR", "results/runs")) / "journal"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         return leaderboard_main(argv[1:])
     if argv and argv[0] in ("methods", "evaluators", "models"):
         return catalog_main(argv[0], argv[1:])
+    if argv and argv[0] == "claims":
+        return claims_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     if argv[:1] == ["help"] or any(a in ("-h", "--help") for a in argv):
@@ -422,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimbench: error: {exc}", file=sys.stderr)
         return 2
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    informational = any(a in ("--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
-    fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl")
+    informational = any(a in ("-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "-i") or a.startswith("--cfg") for a in argv)
+    fd, journal = tempfile.mkstemp(prefix="slimbench-journal-", suffix=".jsonl", dir=_journal_dir(argv, informational))
     os.close(fd)
     os.environ[JOURNAL_ENV] = journal
     os.environ.setdefault(INVOCATION_ENV, uuid.uuid4().hex[:12])

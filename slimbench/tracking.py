@@ -138,6 +138,17 @@ class WandbTracker:
         finally:
             run.finish()
 
+    def log_leaderboard(self, name: str, table, images: dict) -> None:
+        """A leaderboard (a DataFrame, one row per config) as a W&B table, and its plots as images."""
+        if self.run is None:
+            return
+        import wandb
+
+        frame = table.astype(object).where(table.notna(), None)
+        self.run.log({f"leaderboard/{name}": wandb.Table(dataframe=frame)})
+        if images:
+            self.run.log({f"leaderboard/{stem}": wandb.Image(str(path)) for stem, path in images.items()})
+
     def finish(self, ok: bool) -> None:
         if self.run is not None:
             self.run.finish(exit_code=0 if ok else 1)

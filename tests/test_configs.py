@@ -37,7 +37,8 @@ def test_every_config_composes_and_validates(group, option, compose):
         default = compose_hydra(config_name="config", return_hydra_config=True)
     preset = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     if group in ("experiment", "pipeline"):  # global presets: they change the composed config (a sweep preset: its grid)
-        assert OmegaConf.to_container(cfg.method) != OmegaConf.to_container(default.method) or cfg.hydra.sweeper.params
+        sweep = cfg.hydra.sweeper.params or cfg.hydra.sweeper.get("grids")
+        assert OmegaConf.to_container(cfg.method) != OmegaConf.to_container(default.method) or sweep
     else:  # the group's node is the preset's content (+ the override EXTRA gives)
         content = {k: v for k, v in OmegaConf.to_container(preset).items() if k != "defaults"}
         node = OmegaConf.to_container(cfg[group])

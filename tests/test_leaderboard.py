@@ -4,16 +4,23 @@ from slimbench.leaderboard.tables import leaderboard_markdown
 from slimbench.records import CompressionReport, Metric, RunRecord
 
 
-def _rec(run_id, method, params, prefill_ms, tok_s, nbytes, fp="p1", config=None, latency_fp="l1", **compression):
+def _rec(run_id, method, params, prefill_ms, tok_s, nbytes, fp="p1", config=None, latency_fp="l1", spread=0.05, path=None,
+         ppl=None, seed=0, status="ok", **compression):
     metrics = [
         Metric("params", params, evaluator="size"),
         Metric("bytes", nbytes, evaluator="size"),
         Metric("prefill_ms", prefill_ms, evaluator="latency"),
+        Metric("prefill_ms_p90", prefill_ms * (1 + spread), evaluator="latency"),
         Metric("decode_tokens_per_s", tok_s, evaluator="latency"),
+        Metric("decode_tokens_per_s_p10", tok_s * (1 - spread), evaluator="latency"),
     ]
+    if ppl is not None:
+        metrics.append(Metric("perplexity", ppl[0], stderr=ppl[1], evaluator="perplexity"))
     dense = method == "dense"
-    comp = CompressionReport(method=method, execution_path="dense" if dense else "sliced-dense", baseline=dense, **compression)
-    return RunRecord(run_id=run_id, attempt_id="a", status="ok", model={"name": "m"},
+    path = path or ("dense" if dense else "sliced-dense")
+    compression.setdefault("speedup_expected", path not in ("dense", "masked-dense", "simulated"))
+    comp = CompressionReport(method=method, execution_path=path, baseline=dense, **compression)
+    return RunRecord(run_id=run_id, attempt_id="a", status=status, model={"name": "m"}, config={"seed": seed},
                      method={"name": method, "stages": [{"name": method, "config": config or {}}]}, eval={"suite": "ppl"},
                      protocol_fingerprint=fp, protocols={"latency": {"fingerprint": latency_fp}}, metrics=metrics, compression=comp)
 
@@ -36,7 +43,9 @@ def test_rows_are_compared_with_the_dense_run_of_their_own_protocol_group():
     ])
     flap, dense = _row(table, "flap"), _row(table, "dense")
     assert flap["params removed"] == "20.0%" and dense["params removed"] == "0.0%"
-    assert flap["prefill × dense"] == "1.25" and flap["decode × dense"] == "1.20"
+    # ratio (method at its slow end / dense's median – dense at its slow end / method's median)
+    assert flap["prefill × dense"] == "1.25 (1.19–1.31)" and flap["decode × dense"] == "1.20 (1.14–1.26)"
+    assert dense["prefill × dense"] == "≈1 (0.95–1.05)"  # the baseline's own spread
     assert flap["MB stored"] == "3.2"
     assert flap["calibration"] == "wikitext2/validation 128x2048 seed 0" and dense["calibration"] == "-"
     wanda = _row(table, "wanda")
