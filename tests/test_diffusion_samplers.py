@@ -145,7 +145,7 @@ def test_tiny_dit_samples_are_seeded():
     labels = torch.arange(4)
     a = sample(model, config, labels, (1, 8, 8), seed=1, batch_size=3)
     b = sample(model, config, labels, (1, 8, 8), seed=1, batch_size=3)
-    assert a.shape == (4, 1, 8, 8) and torch.equal(a, b) and a.abs().max() <= 1.0
+    assert a.shape == (4, 1, 8, 8) and a.dtype == torch.float32 and torch.equal(a, b) and a.abs().max() <= 1.0
 
 
 def test_guidance_batches_both_halves_and_combines_them():

@@ -164,7 +164,7 @@ class FID:
             Metric(f"fid_{self.extractor.name}", fid, higher_is_better=False),
             Metric("sample_ms_per_image", 1e3 * sampling_s / cfg.num_samples, higher_is_better=False, unit="ms"),
         ]
-        details = {"sampling_s": round(sampling_s, 3), "extractor": self.extractor.fingerprint()}
+        details = {"sampling_s": round(sampling_s, 3), "extractor": self.extractor.report()}
         if cfg.real_floor:
             train = feature_stats(self.extractor.features(halves.train_images))
             details["fid_real_floor_train_vs_heldout"] = frechet_distance(train, reference)

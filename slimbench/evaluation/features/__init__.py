@@ -5,9 +5,11 @@ Fréchet distance between the Gaussian statistics of those features. Interface:
 
 * ``name``; ``__init__(weights)`` validates its settings (``ConfigError``);
 * ``check(ctx) -> dict``: before any weights load, the files it will read (sha256);
-* ``prepare(data, ctx)``: load or build the network (``data``: the MNIST halves);
+* ``prepare(data, data_fingerprint, ctx)``: load or build the network (``data``: the MNIST
+  halves, which ``mnist_clf`` trains on);
 * ``features(images) -> Tensor [N, D]`` (float64);
-* ``fingerprint() -> dict``: what identifies the features (weights sha256, recipe, ...).
+* ``fingerprint() -> dict``: what identifies the features (weights sha256, recipe, ...);
+* ``report() -> dict``: facts for the record's details (e.g. the classifier's training time).
 """
 
 from slimbench.registry import Registry

@@ -253,3 +253,6 @@ class InceptionFeatures:
             "standard_weights": bool(self.sha256 and self.sha256.startswith(STANDARD_SHA256_PREFIX)),
             "input": "[-1,1], gray->3ch, bilinear resize to 299 (align_corners=False)",
         }
+
+    def report(self) -> dict:
+        return {"weights": str(self.path)}

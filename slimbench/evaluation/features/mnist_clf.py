@@ -138,6 +138,7 @@ class MnistClassifierFeatures:
             raise ConfigError("the mnist_clf extractor trains its own classifier; weights applies to inception only")
         self.model: MnistClassifier | None = None
         self.meta: dict = {}
+        self.from_cache: str | None = None
 
     def check(self, ctx: EvalContext) -> dict:
         return {}
@@ -152,6 +153,7 @@ class MnistClassifierFeatures:
         loaded = _load_cached(paths) if paths else None
         if loaded is not None:
             self.model, self.meta = loaded
+            self.from_cache = str(paths[0])
             return
         start = time.perf_counter()
         self.model = train_classifier(data.train_images, data.train_labels, self.recipe)
@@ -181,6 +183,10 @@ class MnistClassifierFeatures:
     def fingerprint(self) -> dict:
         keys = ("cache_key", "architecture", "recipe", "split_seed", "weights_sha256", "heldout_accuracy")
         return {"name": self.name, "feature_dim": FEATURE_DIM, **{k: self.meta.get(k) for k in keys}}
+
+    def report(self) -> dict:
+        keys = ("heldout_accuracy", "train_accuracy", "train_images", "heldout_images", "train_time_s", "torch")
+        return {**{k: self.meta.get(k) for k in keys}, "loaded_from": self.from_cache or "trained in this run"}
 
 
 # -- the cache ---------------------------------------------------------------------------------------
