@@ -147,6 +147,7 @@ def test_classifier_cache_round_trips_and_is_verified(halves, tmp_path, monkeypa
         ({"weights": "/x.pth"}, "weights applies to inception only"),
         ({"num_samples": 1}, "num_samples must be an integer >= 2"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"count_macs": "no"}, "count_macs must be true or false"),
         ({"sampler": {"steps": 0}}, "sampler: steps must be an integer >= 1"),
         ({"sampler": {"name": "euler"}}, "unknown sampler 'euler'"),
         ({"sampler": {"guidance": -1.0}}, "guidance must be >= 0"),
@@ -176,6 +177,25 @@ def test_bad_fid_input_fails_before_weights_load(compose, overrides, match):
     assert "\n" not in str(info.value)
 
 
+def dit_macs_per_forward(c: dict) -> int:
+    """The slimbench DiT's matmul/conv/attention MACs per image, written out from its architecture."""
+    n, d, inner, f = (c["img_size"] // c["patch_size"]) ** 2, c["emb_size"], c["num_heads"] * c["head_dim"], c["ffn_size"]
+    p = c["channels"] * c["patch_size"] ** 2
+    block = 6 * d * d + 3 * n * d * inner + 2 * n * n * inner + n * inner * d + 2 * n * d * f  # adaLN, qkv, attn, o, ffn
+    return c["num_blocks"] * block + 2 * d * d + n * p * p + n * p * d + n * d * p  # + time MLP, conv, patch emb, head
+
+
+def test_macs_formula_matches_the_mnist_dit():
+    from slimbench.evaluation.macs import count_macs
+    from slimbench.models.dit import DiT, DiTConfig
+
+    config = DiTConfig()
+    x, t, y = torch.randn(3, 1, 28, 28), torch.full((3,), 10), torch.arange(3)
+    with torch.no_grad():
+        counted = count_macs(lambda: DiT(config).eval()(x, t, y))
+    assert counted == 3 * dit_macs_per_forward(config.to_dict()) == 3 * 18_333_440
+
+
 def test_fid_evaluator_runs_end_to_end_on_a_tiny_dit(compose, monkeypatch, halves):
     monkeypatch.setattr(MnistClassifierFeatures, "recipe", TINY_RECIPE)
     monkeypatch.setattr(fid_module, "split_halves", lambda ref: _small_halves(halves))  # 600 + 600 images
@@ -186,6 +206,7 @@ def test_fid_evaluator_runs_end_to_end_on_a_tiny_dit(compose, monkeypatch, halve
     assert outcome.status == "ok", outcome.record.get("error")
     metrics = {m["name"]: m["value"] for m in outcome.record["metrics"] if m["evaluator"] == "fid"}
     assert metrics["fid_mnist_clf"] > 0 and metrics["sample_ms_per_image"] > 0
+    assert metrics["macs_per_image"] == 3 * dit_macs_per_forward(cfg["model"]["config"])  # 3 steps, no guidance
     protocol = outcome.record["protocol"]["fid"]
     assert protocol["num_samples"] == 40 and protocol["seed"] == 0 and protocol["sampler"]["steps"] == 3
     assert protocol["sampler"]["name"] == "ddim" and protocol["sampler"]["eta"] == 0.0 and protocol["guidance"] == 1.0

@@ -24,6 +24,10 @@ singular covariances (it then retries with 1e-6·I added to both). This route ne
 singular covariances (features that never fire, fewer samples than dimensions) are handled
 without an offset, and no square root of a round-off eigenvalue enters the trace.
 
+``count_macs`` adds ``macs_per_image``: the first sampling batch is run again (same seed, same
+noise, ``on_batch_start`` before it) under ``slimbench.evaluation.macs.count_macs``, so the
+MACs that really executed are counted (skipped work is not), apart from the timed run.
+
 ``real_floor`` adds the FID of the training half against the held-out half (real against
 real: the floor of the metric at n = 5,000; the classifier has seen the training half, so it
 is an optimistic floor) to the details.
@@ -43,6 +47,7 @@ from slimbench.diffusion import SamplerConfig, sample
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
 from slimbench.evaluation.features import FEATURES
+from slimbench.evaluation.macs import count_macs
 
 MNIST_SHAPE = (1, 28, 28)
 
@@ -56,6 +61,7 @@ class FIDConfig:
     seed: int | None = None  # sampling seed; null = the run's seed
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     real_floor: bool = True  # also FID(training half, held-out half) in the details
+    count_macs: bool = True  # macs_per_image: the first batch re-run under a FLOP counter
 
     def __post_init__(self) -> None:
         if isinstance(self.sampler, dict):
@@ -67,6 +73,9 @@ class FIDConfig:
             raise ConfigError(f"num_samples must be an integer >= 2, got {self.num_samples!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        for key in ("real_floor", "count_macs"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
 
 # -- Fréchet distance of Gaussian feature statistics -------------------------------------------
@@ -153,9 +162,13 @@ class FID:
         seed = ctx.seed if cfg.seed is None else cfg.seed
         labels = torch.arange(cfg.num_samples) % spec.num_classes
         device = next(bundle.model.parameters()).device
+
+        def run(batch_labels: torch.Tensor) -> torch.Tensor:  # on the CPU when it returns: device synchronised
+            return sample(_denoiser(bundle), cfg.sampler, batch_labels, spec.shape, seed=seed,
+                          batch_size=cfg.batch_size, device=device)
+
         start = time.perf_counter()
-        images = sample(_denoiser(bundle), cfg.sampler, labels, spec.shape, seed=seed, batch_size=cfg.batch_size,
-                        device=device)  # returns on the CPU: the device is synchronised
+        images = run(labels)
         sampling_s = time.perf_counter() - start
         generated = feature_stats(self.extractor.features(to_8bit(images)))
         fid = frechet_distance(generated, reference)
@@ -164,6 +177,10 @@ class FID:
             Metric(f"fid_{self.extractor.name}", fid, higher_is_better=False),
             Metric("sample_ms_per_image", 1e3 * sampling_s / cfg.num_samples, higher_is_better=False, unit="ms"),
         ]
+        if cfg.count_macs:
+            probe = labels[: cfg.batch_size]
+            macs = count_macs(lambda: run(probe))
+            metrics.append(Metric("macs_per_image", macs / probe.numel(), higher_is_better=False, unit="MACs"))
         details = {"sampling_s": round(sampling_s, 3), "extractor": self.extractor.report()}
         if cfg.real_floor:
             train = feature_stats(self.extractor.features(halves.train_images))
@@ -187,7 +204,8 @@ class FID:
                 **ref.fingerprint(),
             },
             "image_format": "clamped to [-1, 1], rounded to 8-bit levels",
-            "statistics": "mean, unbiased covariance; trace term by symmetric eigendecomposition",
+            "statistics": "mean, unbiased covariance; trace term = nuclear norm of sqrt(cov_r) sqrt(cov_g)",
+            "macs": "first batch re-run under FlopCounterMode (matmul/conv/attention, FLOPs/2)" if cfg.count_macs else None,
             "device": ctx.device,  # the latency metric depends on them
             "threads": torch.get_num_threads(),
         }
