@@ -60,6 +60,47 @@ def test_linspace_respacing_is_adms_and_keeps_alpha_bar(steps):
     torch.testing.assert_close(torch.cumprod(1 - chain.betas, 0), chain.alphas_cumprod, rtol=1e-12, atol=0)
 
 
+def _native_diffusers_run(scheduler, denoise, labels, shape, seed, **step_kwargs):
+    """diffusers' own sampling loop on the full 1000-step scheduler (no respacing of ours)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((labels.numel(), *shape), generator=gen)
+    for t in scheduler.timesteps.tolist():
+        eps = denoise(x, torch.full((labels.numel(),), t), labels)
+        x = scheduler.step(eps, t, x, generator=gen, **step_kwargs).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_respaced_ddim_equals_diffusers_ddim_where_its_step_rule_is_exact(steps):
+    """With ``leading`` spacing and S dividing T, diffusers' DDIM jumps t -> t - T/S, the next
+    kept timestep: there its native loop is the reference for our respaced chain."""
+    from diffusers import DDIMScheduler
+
+    native = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0)
+    native.set_timesteps(steps)
+    denoise = gaussian_denoiser(lambda y: 0.3 * y.double() - 0.3, 0.4)
+    labels = torch.arange(6) % 3
+    expected = _native_diffusers_run(native, denoise, labels, (1, 4, 4), seed=3, eta=0.0)
+    ours = sample(denoise, SamplerConfig(name="ddim", steps=steps, spacing="leading", clamp_sample=False), labels,
+                  (1, 4, 4), seed=3, batch_size=6)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)  # float32 vs our float64 coefficients
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "trailing"])
+def test_respaced_ddpm_equals_diffusers_ddpm_for_any_spacing(spacing):
+    """diffusers' DDPM steps to the previous kept timestep for every spacing rule."""
+    from diffusers import DDPMScheduler
+
+    native = DDPMScheduler(clip_sample=False, variance_type="fixed_small", timestep_spacing=spacing)
+    native.set_timesteps(40)
+    denoise = gaussian_denoiser(lambda y: 0.3 * y.double() - 0.3, 0.4)
+    labels = torch.arange(6) % 3
+    expected = _native_diffusers_run(native, denoise, labels, (1, 4, 4), seed=5)
+    ours = sample(denoise, SamplerConfig(name="ddpm", steps=40, spacing=spacing, clamp_sample=False), labels,
+                  (1, 4, 4), seed=5, batch_size=6)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
 def test_ddpm_step_is_the_original_update_formula():
     """One step: ε-form posterior mean, variance β̃, then clamp (util/diffusion.py @ 2bb421f)."""
     _, alphas, abar, variance = _training_chain()
