@@ -1,0 +1,16 @@
+"""Diffusion sampling: the training noise schedule, its respacing, DDPM/DDIM samplers."""
+
+from slimbench.diffusion.samplers import SAMPLERS, DenoiserCall, Sampler, SamplerConfig, sample, trajectory
+from slimbench.diffusion.schedule import NoiseSchedule, Respaced, respace
+
+__all__ = [
+    "SAMPLERS",
+    "DenoiserCall",
+    "NoiseSchedule",
+    "Respaced",
+    "Sampler",
+    "SamplerConfig",
+    "respace",
+    "sample",
+    "trajectory",
+]
