@@ -152,20 +152,20 @@ def test_mlp_router_training_is_deterministic_and_beats_similarity_on_its_data()
     experts = layers[0].experts
     g = torch.Generator().manual_seed(0)
     # inputs with structure: a few directions the router can learn
-    h = torch.randn(4, 32, generator=g)[torch.randint(0, 4, (2000,), generator=g)] + 0.3 * torch.randn(2000, 32, generator=g)
-    cfg = RouterTrainConfig(epochs=6, batch_size=128)
+    h = torch.randn(4, 32, generator=g)[torch.randint(0, 4, (1000,), generator=g)] + 0.3 * torch.randn(1000, 32, generator=g)
+    cfg = RouterTrainConfig(epochs=4, batch_size=128)
     r1, rep1 = train_mlp_router(h, experts, cfg)
     r2, rep2 = train_mlp_router(h, experts, cfg)
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
-    assert rep1 == rep2 and rep1["train_tokens"] == 1800 and rep1["val_tokens"] == 200
-    assert len(rep1["metric_per_epoch"]) == 6
+    assert rep1 == rep2 and rep1["train_tokens"] == 900 and rep1["val_tokens"] == 100
+    assert len(rep1["metric_per_epoch"]) == 4
     second_best = sorted(rep1["metric_per_epoch"], reverse=True)[1]
     assert rep1["selection_metric"] == second_best  # the reference keeps the second-best epoch
     assert rep1["similarity_selection_metric"] < rep1["selection_metric"] <= rep1["oracle_selection_metric"]
     best, rep_best = train_mlp_router(h, experts, dataclasses.replace(cfg, checkpoint="best"))
     assert rep_best["selection_metric"] == max(rep1["metric_per_epoch"])
     with torch.no_grad():
-        val = h[1800:]
+        val = h[900:]
         masses = experts.activation_mass(val)
         assert selection_metric(best.logits(val), masses) == pytest.approx(rep_best["selection_metric"])
 
@@ -189,3 +189,9 @@ def test_ffn_inputs_observer_and_router_cache(tmp_path):
     restored = MLPRouter(torch.zeros(4, 32))
     restored.load_state_dict(layer_state(again, 1))
     assert torch.equal(restored.proj.weight, routers[1].proj.weight)
+
+
+def test_parallel_clustering_gives_the_same_labels():
+    model = _llama()
+    cfg = MoEficationConfig(num_experts=4)
+    assert torch.equal(cluster_model(model, ADAPTER, cfg, n_jobs=2), cluster_model(model, ADAPTER, cfg))

@@ -111,12 +111,18 @@ def _mlp_parts(block: nn.Module, adapter: Adapter) -> tuple[nn.Module, nn.Linear
     return mlp, linears["gate"], linears["up"], linears["down"], act
 
 
-def cluster_model(model: nn.Module, adapter: Adapter, config: MoEficationConfig) -> torch.Tensor:
-    """Labels of every layer's neurons: [layers, d_ff] (deterministic; cache it)."""
-    labels = []
+def cluster_model(model: nn.Module, adapter: Adapter, config: MoEficationConfig, n_jobs: int = 1) -> torch.Tensor:
+    """Labels of every layer's neurons: [layers, d_ff] (deterministic; cache it).
+
+    ``n_jobs`` > 1 clusters layers in parallel processes (same labels: each layer is independent).
+    """
+    from joblib import Parallel, delayed
+
+    weights = []
     for block in adapter.get_blocks(model):
         _, gate, up, _, _ = _mlp_parts(block, adapter)
-        labels.append(cluster_neurons(gate.weight, up.weight, config))
+        weights.append((gate.weight.detach().cpu(), up.weight.detach().cpu()))
+    labels = Parallel(n_jobs=n_jobs)(delayed(cluster_neurons)(g, u, config) for g, u in weights)
     return torch.stack(labels)
 
 
