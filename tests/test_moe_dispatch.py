@@ -1,12 +1,14 @@
 """Grouped dispatch: equals the masked computation, runs only selected experts, counts them."""
 
+import functools
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from slimbench.errors import ConfigError
 from slimbench.models.adapters import ADAPTERS, get_path
-from slimbench.moe.dispatch import FusedExperts, RoutingStats, SlicedExperts, grouped_dispatch, masked_reference
+from slimbench.moe.dispatch import FusedExperts, RoutingStats, SlicedExperts, grouped_dispatch, masked_reference, route_fused
 from slimbench.moe.routing import expert_weights, topk_mask, topp_mask
 
 TINY_MOE = {
@@ -107,14 +109,21 @@ def test_fused_dispatch_reproduces_the_transformers_moe_block(model_type):
     router, experts = get_path(moe, spec.router), get_path(moe, spec.experts)
     x = torch.randn(2, 7, 32)
     h = x.view(-1, 32)
+    renorm = getattr(config, "norm_topk_prob", True)  # Mixtral always renormalises
     with torch.no_grad():
-        P = torch.softmax(torch.nn.functional.linear(h, router.weight).float(), dim=-1)
-        mask = topk_mask(P, config.num_experts_per_tok)
-        renorm = getattr(config, "norm_topk_prob", True)  # Mixtral always renormalises
-        out, _ = grouped_dispatch(h, mask, FusedExperts.of(experts), expert_weights(P, mask, renorm))
+        logits = torch.nn.functional.linear(h, router.weight)
+        rule = functools.partial(topk_mask, k=config.num_experts_per_tok)
+        out, count = route_fused(h, logits, FusedExperts.of(experts), rule, renorm)
         if getattr(moe, "shared_expert", None) is not None:
             out = out + torch.sigmoid(moe.shared_expert_gate(h)) * moe.shared_expert(h)
         torch.testing.assert_close(out.view_as(x), moe(x), rtol=1e-5, atol=1e-5)
+        assert (count.experts_per_token == config.num_experts_per_tok).all()
+        # top-p: the raw probabilities weight the chosen experts (Dynamic-MoE), never renormalised
+        P = torch.softmax(logits, dim=-1)
+        out, count = route_fused(h, logits, FusedExperts.of(experts), functools.partial(topp_mask, p=0.5), renormalise=False)
+        mask = topp_mask(P, 0.5)
+        torch.testing.assert_close(out, masked_reference(h, mask, FusedExperts.of(experts), P * mask), rtol=1e-5, atol=1e-5)
+        assert torch.equal(count.experts_per_token, mask.sum(-1))
 
 
 def test_fused_experts_refuse_a_layout_they_do_not_compute():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.errors import ConfigError
+from slimbench.moe.routing import Rule, expert_weights
 
 
 class ExpertBank(Protocol):
@@ -172,6 +173,17 @@ def grouped_dispatch(
         else:
             out.index_add_(0, idx, y.to(out.dtype))
     return out, DispatchCount(tokens_per_expert, mask.sum(dim=-1))
+
+
+def route_fused(
+    h: torch.Tensor, router_logits: torch.Tensor, experts: FusedExperts, rule: Rule, renormalise: bool
+) -> tuple[torch.Tensor, DispatchCount]:
+    """A trained MoE's routed experts: P = softmax(logits) in float32, experts chosen by ``rule(P)``,
+    weighted by P (renormalised over the chosen experts when ``renormalise``: the model's top-k convention;
+    never for top-p). Shared experts are not included."""
+    P = torch.softmax(router_logits.float(), dim=-1)  # [T, E]
+    mask = rule(P)
+    return grouped_dispatch(h, mask, experts, expert_weights(P, mask, renormalise))
 
 
 def masked_reference(x: torch.Tensor, mask: torch.Tensor, experts: ExpertBank, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,7 +39,7 @@ from slimbench.errors import ConfigError
 from slimbench.models.adapters import Adapter, get_path, set_path
 from slimbench.moe.dispatch import RoutingStats, SlicedExperts, grouped_dispatch
 from slimbench.moe.routers import probabilities
-from slimbench.moe.routing import Rule, all_mask
+from slimbench.moe.routing import Rule
 
 
 def _vectors_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,10 @@ class MoEfiedMLP(nn.Module):
     def forward_routed(self, x: torch.Tensor, rule: Rule | None) -> torch.Tensor:
         """The MLP on x [..., D] with experts chosen by ``rule(P)`` (None: all experts, no router call)."""
         h = x.reshape(-1, x.shape[-1])  # [T, D]
-        mask = all_mask(h.new_empty(h.shape[0], self.num_experts)) if rule is None else rule(self.probabilities(h))  # [T, E]
+        if rule is None:
+            mask = torch.ones(h.shape[0], self.num_experts, dtype=torch.bool, device=h.device)  # [T, E]
+        else:
+            mask = rule(self.probabilities(h))  # [T, E]
         out, count = grouped_dispatch(h, mask, self.experts)  # experts summed with weight 1
         self.stats.add(count)
         if self.down_bias is not None:
