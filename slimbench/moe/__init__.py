@@ -1,0 +1,1 @@
+"""Mixture-of-experts: routing rules, grouped dispatch, MoEfication of dense SwiGLU FFNs, routers."""
