@@ -49,6 +49,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,9 @@ from torch import nn
 
 import slimbench.methods.quant.gptq as gptq_module
 from slimbench.calibration import InputStats, capture_block_inputs
-from slimbench.data.corpora import resolve_corpus
-from slimbench.data.sampler import CalibConfig, build_calibration_set
+from slimbench.data.corpora import load_corpus, resolve_corpus
+from slimbench.data.sampler import CalibConfig, build_calibration_set, tokenize_stream
+from slimbench.evaluation.perplexity import window_nlls
 from slimbench.methods.hessian import hessian_from_gram
 from slimbench.methods.quant.common import Quantized
 from slimbench.methods.quant.gptq import GPTQ, GPTQConfig
@@ -67,7 +69,7 @@ from slimbench.methods.quant.rtn import RTN, RTNConfig
 from slimbench.run import compress
 
 from gptq_vs_rtn import to_fp32_simulated  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from quant_kernel_check import perplexity, resolve_named_model  # noqa: E402
+from quant_kernel_check import resolve_named_model  # noqa: E402
 
 
 # -- the reference, imported from the user's checkout ----------------------------------------------
@@ -206,6 +208,31 @@ def slimbench_gptq(bundle, calib, args):
     return report, dict(zip(names, calls)), block_inputs
 
 
+# -- perplexity ---------------------------------------------------------------------------------------
+class TestWindows:
+    """The perplexity evaluator's windows (joined test rows, tokenized once, cut into seqlen) and its window NLLs.
+
+    One pass gives the perplexity of the first ``first`` windows and of all evaluated windows
+    (exp of the mean window NLL, as ``slimbench.evaluation.perplexity``).
+    """
+
+    def __init__(self, tokenizer, data_dir: Path, windows: int | None, seqlen: int, first: int = 8) -> None:
+        ids = tokenize_stream(tokenizer, load_corpus(resolve_corpus("wikitext2", "test", str(data_dir))))
+        n = ids.numel() // seqlen if windows is None else min(windows, ids.numel() // seqlen)
+        self.windows, self.first = ids[: n * seqlen].view(n, seqlen), min(first, n)  # [n, seqlen]
+
+    def __call__(self, bundle) -> dict:
+        nlls = window_nlls(bundle.model, self.windows, 1, desc="perplexity wikitext2/test")
+        out = {f"first{self.first}": math.exp(nlls[: self.first].mean().item())}
+        if len(nlls) > self.first:
+            out[f"all{len(nlls)}"] = math.exp(nlls.mean().item())
+        return out
+
+
+def show(ppl: dict) -> str:
+    return " | ".join(f"{k} {v:.4f}" for k, v in ppl.items())
+
+
 # -- comparison --------------------------------------------------------------------------------------
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
@@ -298,12 +325,13 @@ def main() -> None:
 
     slim = loader.load(source, cfg, ctx)
     calib = build_calibration_set(CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed), corpus, slim.tokenizer)
+    ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen)
     t = time.perf_counter()
     report, slim_layers, slim_x = slimbench_gptq(slim, calib, args)
     result["compress_s"]["slimbench"] = round(time.perf_counter() - t, 1)
-    result["ppl"]["slimbench"] = perplexity(slim, args.data_dir, windows, args.seqlen)
+    result["ppl"]["slimbench"] = ppl(slim)
     result["slimbench_path"] = report.execution_path
-    print(f"slimbench  compress {result['compress_s']['slimbench']:.1f} s | ppl ({report.execution_path}) {result['ppl']['slimbench']:.4f}", flush=True)
+    print(f"slimbench  compress {result['compress_s']['slimbench']:.1f} s | ppl ({report.execution_path}) {show(result['ppl']['slimbench'])}", flush=True)
     scale = calib.input_ids.shape[1]  # tokens / nsamples: slimbench's per-token H -> the reference's per-window H
 
     for variant in variants:
@@ -312,28 +340,28 @@ def main() -> None:
         t = time.perf_counter()
         reference_gptq(ref, bundle, calib, args, variant, compare)
         result["compress_s"][variant] = round(time.perf_counter() - t, 1)
-        result["ppl"][variant] = perplexity(bundle, args.data_dir, windows, args.seqlen)
+        result["ppl"][variant] = ppl(bundle)
         result[f"layers_{variant}"] = compare.rows
         result[f"summary_{variant}"] = summary(compare.rows)
-        print(f"\n{variant}: compress {result['compress_s'][variant]:.1f} s | ppl (fp32) {result['ppl'][variant]:.4f} | {json.dumps(result[f'summary_{variant}'])}", flush=True)
+        print(f"\n{variant}: compress {result['compress_s'][variant]:.1f} s | ppl (fp32) {show(result['ppl'][variant])} | {json.dumps(result[f'summary_{variant}'])}", flush=True)
         print_blocks(compare.rows)
         del bundle
 
     if report.execution_path != "simulated":  # the same codes in fp32 linears, like the reference's
         to_fp32_simulated(slim.model)
-        result["ppl"]["slimbench-fp32"] = perplexity(slim, args.data_dir, windows, args.seqlen)
-        print(f"slimbench  ppl (same codes, fp32 linears) {result['ppl']['slimbench-fp32']:.4f}", flush=True)
+        result["ppl"]["slimbench-fp32"] = ppl(slim)
+        print(f"slimbench  ppl (same codes, fp32 linears) {show(result['ppl']['slimbench-fp32'])}", flush=True)
     del slim
     if args.rtn:
         bundle = loader.load(source, cfg, ctx)
         rtn_report = compress(RTN(RTNConfig(bits=args.bits, group_size=args.group_size)), bundle, None)
-        result["ppl"]["rtn"] = perplexity(bundle, args.data_dir, windows, args.seqlen)
+        result["ppl"]["rtn"] = ppl(bundle)
         if rtn_report.execution_path != "simulated":
             to_fp32_simulated(bundle.model)
-            result["ppl"]["rtn-fp32"] = perplexity(bundle, args.data_dir, windows, args.seqlen)
-        print(f"rtn        ppl {json.dumps({k: v for k, v in result['ppl'].items() if k.startswith('rtn')})}", flush=True)
+            result["ppl"]["rtn-fp32"] = ppl(bundle)
+        print(f"rtn        ppl ({rtn_report.execution_path}) {show(result['ppl']['rtn'])}" + (f" | fp32 {show(result['ppl']['rtn-fp32'])}" if "rtn-fp32" in result["ppl"] else ""), flush=True)
 
-    print("\nperplexity: " + " | ".join(f"{k} {v:.4f}" for k, v in result["ppl"].items()))
+    print("\nperplexity: " + " || ".join(f"{k} {show(v)}" for k, v in result["ppl"].items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
