@@ -16,15 +16,18 @@ draw). Per layer (reference order) the script reports
 
 * ``h_rel``: ‖H_slim − H_ref‖_F / ‖H_ref‖_F (slimbench's H = 2/tokens·Σxxᵀ rescaled exactly by
   tokens/nsamples, a power of two, to the reference's 2/nsamples·Σxxᵀ);
-* ``q_diff``: the fraction of weights whose quantized value differs, and ``q_rel``:
+* ``q_moved``: the fraction of weights on a different grid point (|Q_slim − Q_ref| above half
+  a step of slimbench's grid; last-bit differences of equal codes do not count), ``q_exact``:
+  whether the two quantized weights are bitwise equal, and ``q_rel``:
   ‖Q_slim − Q_ref‖_F / ‖W − Q_ref‖_F (1 ≈ as different as the quantization error itself);
 * ``err_ref`` / ``err_slim``: the relative layer error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) of each
   pipeline under its own H (ΔW = W − Q);
 * ``x_rel``: ‖x_slim − x_ref‖_F / ‖x_ref‖_F of the block input on calibration window 0;
-* with ``--lockstep``: ``lock_diff``, the fraction of weights where slimbench's
-  ``gptq_quantize`` on the reference's (W, H) differs from the reference's ``fasterquant``;
+* with ``--lockstep`` (first variant only): ``lock_moved``, the fraction of weights where
+  slimbench's ``gptq_quantize`` on the reference's own (W, H) lands on another grid point than
+  the reference's ``fasterquant``, and ``lock_exact``: whether the two are bitwise equal;
 
-and the first layer whose quantized weights differ. Then the perplexity of both (and RTN) on
+and the first layer with a weight on another grid point. Then the perplexity of both (and RTN) on
 the first ``--windows`` WikiText-2 test windows of 2048 (``--seqlen``) (slimbench's perplexity evaluator;
 ``--windows 0`` = the full split). At w4, slimbench's layers run torch's int4 CPU kernel (bf16
 activations, also while calibrating); its perplexity is given as installed and with the same
@@ -63,6 +66,7 @@ from slimbench.data.corpora import load_corpus, resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set, tokenize_stream
 from slimbench.evaluation.perplexity import window_nlls
 from slimbench.methods.hessian import hessian_from_gram
+from slimbench.kernels.qlinear import expand_groups
 from slimbench.methods.quant.common import Quantized
 from slimbench.methods.quant.gptq import GPTQ, GPTQConfig
 from slimbench.methods.quant.rtn import RTN, RTNConfig
@@ -238,6 +242,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def moved(q: torch.Tensor, q_ref: torch.Tensor, quant: Quantized) -> float:
+    """Fraction of weights of q [N, K] more than half a grid step (of ``quant``'s grid) away from q_ref."""
+    step = expand_groups(quant.scales, q.shape[1], quant.group_size)  # [N, K]
+    return float(((q - q_ref).abs() > 0.5 * step).float().mean())
+
+
 def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
     """tr(ΔW H ΔWᵀ) / tr(W H Wᵀ): the layer's output error on the calibration inputs, relative."""
     d = w - q
@@ -247,50 +257,56 @@ def layer_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
 class Comparator:
     """Per-layer rows: a reference pipeline's layer against slimbench's layer of the same name."""
 
-    def __init__(self, prefix: str, slim: dict, slim_x: dict, scale: float, args) -> None:
-        self.prefix, self.slim, self.slim_x, self.scale, self.args = prefix, slim, slim_x, scale, args
+    def __init__(self, prefix: str, slim: dict, slim_x: dict, scale: float, args, lockstep: bool) -> None:
+        self.prefix, self.slim, self.slim_x, self.scale, self.args, self.lockstep = prefix, slim, slim_x, scale, args, lockstep
         self.rows: list[dict] = []
 
     def __call__(self, i, name, w, h_ref, q_ref, x0) -> None:
-        h_slim, q_slim = self.slim[f"{self.prefix}.{i}.{name}"]
-        h_slim, q_slim = h_slim * self.scale, q_slim.dequantize()  # exact: the scale is a power of two
+        h_slim, quant = self.slim[f"{self.prefix}.{i}.{name}"]
+        h_slim, q_slim = h_slim * self.scale, quant.dequantize()  # exact: the scale is a power of two
         w, q_ref = w.float(), q_ref.float()
         row = {
             "block": i, "layer": name,
             "x_rel": rel(self.slim_x[i], x0),
             "h_rel": rel(h_slim, h_ref),
-            "q_diff": float((q_slim != q_ref).float().mean()),
+            "q_moved": moved(q_slim, q_ref, quant),
+            "q_exact": bool(torch.equal(q_slim, q_ref)),
             "q_rel": rel(q_slim, q_ref) * float(q_ref.norm()) / float((w - q_ref).norm()),
             "err_ref": layer_error(w, q_ref, h_ref),
             "err_slim": layer_error(w, q_slim, h_slim),
         }
-        if self.args.lockstep:
+        if self.lockstep:
             cfg = GPTQConfig(bits=self.args.bits, group_size=self.args.group_size, percdamp=self.args.percdamp, true_sequential=False)
             q_lock, _ = gptq_module.gptq_quantize(w, h_ref, cfg)
-            row["lock_diff"] = float((q_lock.dequantize() != q_ref).float().mean())
+            row["lock_moved"] = moved(q_lock.dequantize(), q_ref, q_lock)
+            row["lock_exact"] = bool(torch.equal(q_lock.dequantize(), q_ref))
         self.rows.append(row)
 
 
 def summary(rows: list[dict]) -> dict:
-    first = next((r for r in rows if r["q_diff"] > 0), None)
-    return {
-        "first_divergent_layer": None if first is None else f"{first['block']}.{first['layer']}",
-        "layers_with_differences": sum(r["q_diff"] > 0 for r in rows),
-        "mean_q_diff": sum(r["q_diff"] for r in rows) / len(rows),
+    first = next((r for r in rows if r["q_moved"] > 0), None)
+    out = {
+        "first_layer_with_moved_weights": None if first is None else f"{first['block']}.{first['layer']}",
+        "layers_bitwise_equal": sum(r["q_exact"] for r in rows),
+        "layers_with_moved_weights": sum(r["q_moved"] > 0 for r in rows),
+        "mean_q_moved": sum(r["q_moved"] for r in rows) / len(rows),
         "sum_err_ref": sum(r["err_ref"] for r in rows),
         "sum_err_slim": sum(r["err_slim"] for r in rows),
-        **({"max_lock_diff": max(r["lock_diff"] for r in rows)} if "lock_diff" in rows[0] else {}),
     }
+    if "lock_moved" in rows[0]:
+        out.update(max_lock_moved=max(r["lock_moved"] for r in rows), lock_bitwise_equal=sum(r["lock_exact"] for r in rows))
+    return out
 
 
 def print_blocks(rows: list[dict]) -> None:
-    print("| block | x_rel (window 0) | max h_rel | weights differing | max q_rel | Σ err ref | Σ err slim |" + (" max lock_diff |" if "lock_diff" in rows[0] else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if "lock_diff" in rows[0] else ""))
+    lock = "lock_moved" in rows[0]
+    print("| block | x_rel (window 0) | max h_rel | weights moved | max q_rel | Σ err ref | Σ err slim |" + (" lockstep moved |" if lock else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if lock else ""))
     for b in sorted({r["block"] for r in rows}):
         rs = [r for r in rows if r["block"] == b]
-        line = (f"| {b} | {rs[0]['x_rel']:.2e} | {max(r['h_rel'] for r in rs):.2e} | {sum(r['q_diff'] for r in rs) / len(rs):.2%} | "
+        line = (f"| {b} | {rs[0]['x_rel']:.2e} | {max(r['h_rel'] for r in rs):.2e} | {sum(r['q_moved'] for r in rs) / len(rs):.3%} | "
                 f"{max(r['q_rel'] for r in rs):.3f} | {sum(r['err_ref'] for r in rs):.4f} | {sum(r['err_slim'] for r in rs):.4f} |")
-        print(line + (f" {max(r['lock_diff'] for r in rs):.2e} |" if "lock_diff" in rs[0] else ""), flush=True)
+        print(line + (f" {max(r['lock_moved'] for r in rs):.1e} |" if lock else ""), flush=True)
 
 
 def main() -> None:
@@ -307,7 +323,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8, help="first test windows of 2048 (0 = the full split)")
     parser.add_argument("--variants", default="ref", help=f"reference pipelines, comma-separated: {', '.join(ACCUMULATORS)}")
     parser.add_argument("--rtn", action="store_true", help="also RTN at the same format")
-    parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the reference's (W, H), per layer")
+    parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the first variant's (W, H), per layer")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -336,7 +352,7 @@ def main() -> None:
 
     for variant in variants:
         bundle = loader.load(source, cfg, ctx)
-        compare = Comparator(slim.adapter.blocks, slim_layers, slim_x, scale, args)
+        compare = Comparator(slim.adapter.blocks, slim_layers, slim_x, scale, args, lockstep=args.lockstep and variant == variants[0])
         t = time.perf_counter()
         reference_gptq(ref, bundle, calib, args, variant, compare)
         result["compress_s"][variant] = round(time.perf_counter() - t, 1)
@@ -345,6 +361,7 @@ def main() -> None:
         result[f"summary_{variant}"] = summary(compare.rows)
         print(f"\n{variant}: compress {result['compress_s'][variant]:.1f} s | ppl (fp32) {show(result['ppl'][variant])} | {json.dumps(result[f'summary_{variant}'])}", flush=True)
         print_blocks(compare.rows)
+        save(args.out, result)
         del bundle
 
     if report.execution_path != "simulated":  # the same codes in fp32 linears, like the reference's
@@ -362,9 +379,13 @@ def main() -> None:
         print(f"rtn        ppl ({rtn_report.execution_path}) {show(result['ppl']['rtn'])}" + (f" | fp32 {show(result['ppl']['rtn-fp32'])}" if "rtn-fp32" in result["ppl"] else ""), flush=True)
 
     print("\nperplexity: " + " || ".join(f"{k} {show(v)}" for k, v in result["ppl"].items()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(args.out, result)
+
+
+def save(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
