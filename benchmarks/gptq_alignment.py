@@ -30,8 +30,8 @@ draw). Per layer (reference order) the script reports
 and the first layer with a weight on another grid point. Then the perplexity of both (and RTN) on
 the first ``--windows`` WikiText-2 test windows of 2048 (``--seqlen``) (slimbench's perplexity evaluator;
 ``--windows 0`` = the full split). At w4, slimbench's layers run torch's int4 CPU kernel (bf16
-activations, also while calibrating); its perplexity is given as installed and with the same
-codes as fp32 linears.
+activations, also while calibrating); its perplexity is given as installed (and with
+``--fp32-too`` also with the same codes as fp32 linears).
 
 ``--variants`` adds diagnostic reference pipelines that differ from ``ref`` only in how H is
 accumulated: ``ref-sum`` (slimbench's: one float32 Σxxᵀ over all windows, then 2/tokens, i.e.
@@ -324,6 +324,7 @@ def main() -> None:
     parser.add_argument("--variants", default="ref", help=f"reference pipelines, comma-separated: {', '.join(ACCUMULATORS)}")
     parser.add_argument("--rtn", action="store_true", help="also RTN at the same format")
     parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the first variant's (W, H), per layer")
+    parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -364,7 +365,7 @@ def main() -> None:
         save(args.out, result)
         del bundle
 
-    if report.execution_path != "simulated":  # the same codes in fp32 linears, like the reference's
+    if args.fp32_too and report.execution_path != "simulated":  # the same codes in fp32 linears, like the reference's
         to_fp32_simulated(slim.model)
         result["ppl"]["slimbench-fp32"] = ppl(slim)
         print(f"slimbench  ppl (same codes, fp32 linears) {show(result['ppl']['slimbench-fp32'])}", flush=True)
@@ -373,7 +374,7 @@ def main() -> None:
         bundle = loader.load(source, cfg, ctx)
         rtn_report = compress(RTN(RTNConfig(bits=args.bits, group_size=args.group_size)), bundle, None)
         result["ppl"]["rtn"] = ppl(bundle)
-        if rtn_report.execution_path != "simulated":
+        if args.fp32_too and rtn_report.execution_path != "simulated":
             to_fp32_simulated(bundle.model)
             result["ppl"]["rtn-fp32"] = ppl(bundle)
         print(f"rtn        ppl ({rtn_report.execution_path}) {show(result['ppl']['rtn'])}" + (f" | fp32 {show(result['ppl']['rtn-fp32'])}" if "rtn-fp32" in result["ppl"] else ""), flush=True)
