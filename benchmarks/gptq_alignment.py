@@ -65,7 +65,7 @@ from slimbench.calibration import InputStats, capture_block_inputs
 from slimbench.data.corpora import load_corpus, resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set, tokenize_stream
 from slimbench.evaluation.perplexity import window_nlls
-from slimbench.methods.hessian import hessian_from_gram
+from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
 from slimbench.kernels.qlinear import expand_groups
 from slimbench.methods.quant.common import Quantized
 from slimbench.methods.quant.gptq import GPTQ, GPTQConfig
@@ -171,6 +171,40 @@ def reference_gptq(ref, bundle, calib, args, accumulate, observe):
             observe(i, name, w, h, module.weight.data, hidden[0])
             gptq[name].free()
         hidden = block_forward(layer, hidden, inputs.calls[i])
+
+
+@torch.no_grad()
+def hessian_accuracy(ref, bundle, calib, percdamp: float) -> list[dict]:
+    """On the dense model (same inputs for all): each accumulation's H and U (upper Cholesky factor of the
+    damped H⁻¹, what GPTQ uses) against the float64 running mean, per block and shared input."""
+    inputs = capture_block_inputs(bundle, calib, torch.device("cpu"))
+    blocks, hidden, rows = bundle.adapter.get_blocks(bundle.model), inputs.hidden, []
+    for i, layer in enumerate(blocks):
+        linears = bundle.adapter.block_linears(layer)
+        leaders = list(dict.fromkeys(next(r for r in bundle.adapter.input_group(role) if r in linears) for role in linears))
+        accs = {role: (ref[0].GPTQ(linears[role]), GramSum(), RunningMean64()) for role in leaders}
+
+        def hook(role):
+            def fn(_, inp, out):
+                accs[role][0].add_batch(inp[0].data, out.data)
+                accs[role][1].add(inp[0].data)
+                accs[role][2].add(inp[0].data)
+            return fn
+
+        handles = [linears[role].register_forward_hook(hook(role)) for role in leaders]
+        out = block_forward(layer, hidden, inputs.calls[i])
+        for h in handles:
+            h.remove()
+        for role, (g, gram, exact) in accs.items():
+            u_exact = inverse_cholesky_upper(dampen(mark_dead_inputs(exact.h)[0], percdamp))  # float64
+            row = {"block": i, "input_of": role}
+            for name, h in (("ref", g.H), ("slim", gram.result())):
+                row[f"h_err_{name}"] = rel(h.double(), exact.h)
+                row[f"u_err_{name}"] = rel(inverse_cholesky_upper(dampen(mark_dead_inputs(h)[0], percdamp)).double(), u_exact)
+            rows.append(row)
+            print(" | ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        hidden = out
+    return rows
 
 
 # -- slimbench, through its engine, recording what gptq_quantize receives ------------------------------
@@ -325,6 +359,7 @@ def main() -> None:
     parser.add_argument("--rtn", action="store_true", help="also RTN at the same format")
     parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the first variant's (W, H), per layer")
     parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
+    parser.add_argument("--hessian-accuracy", action="store_true", help="only: H and U of both accumulations against float64 on the dense model")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -342,6 +377,9 @@ def main() -> None:
 
     slim = loader.load(source, cfg, ctx)
     calib = build_calibration_set(CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed), corpus, slim.tokenizer)
+    if args.hessian_accuracy:
+        result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args.percdamp)
+        return save(args.out, result)
     ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen)
     t = time.perf_counter()
     report, slim_layers, slim_x = slimbench_gptq(slim, calib, args)
