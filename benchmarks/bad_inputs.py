@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -37,9 +36,9 @@ def main() -> int:
     parser.add_argument("--label", default="run", help="name of this measurement (e.g. before, after)")
     parser.add_argument("--out", help="append the results to this JSON file (keyed by label)")
     parser.add_argument("--only", help="comma-separated case ids")
+    parser.add_argument("--md", help="write every measurement of --out (counts, then each case's outcomes) to this Markdown file")
     args = parser.parse_args()
     os.environ.pop("SLIMBENCH_DATA_DIR", None)
-    logging.disable(logging.CRITICAL)  # the cases' own logs are captured per case anyway
     cases = [c for c in CASES if not args.only or c.id in args.only.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="slimbench-bad-inputs-") as tmp:
@@ -64,7 +63,32 @@ def main() -> int:
         data[args.label] = {"summary": summary, "rows": rows}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
+        if args.md:
+            Path(args.md).write_text(markdown(data))
     return 0
+
+
+def markdown(data: dict) -> str:
+    """Counts by outcome per measurement, then one row per case with its outcome in each."""
+    labels = list(data)
+    lines = ["# Bad-input table: outcomes by measurement", "",
+             "| measurement | cases | " + " | ".join(ORDER) + " | before-load naming the problem | slowest case |",
+             "|---" * (len(ORDER) + 4) + "|"]
+    for label in labels:
+        s = data[label]["summary"]
+        slowest = f"{s['slowest']['id']} ({s['slowest']['seconds']:.2f} s, {s['slowest']['outcome']})"
+        lines.append(f"| {label} | {s['cases']} | " + " | ".join(str(s["counts"][k]) for k in ORDER)
+                     + f" | {s['before_load_naming_the_problem']} | {slowest} |")
+    rows = {label: {r["id"]: r for r in data[label]["rows"]} for label in labels}
+    ids = list(dict.fromkeys(i for label in labels for i in rows[label]))
+    lines += ["", "| case | group | " + " | ".join(labels) + f" | message ({labels[-1]}) |", "|---" * (len(labels) + 3) + "|"]
+    for i in ids:
+        some = next(rows[label][i] for label in labels if i in rows[label])
+        last = rows[labels[-1]].get(i, {})
+        message = last.get("message", "").replace("|", "\\|")[:160]
+        lines.append(f"| {i} | {some['group']} | " + " | ".join(rows[label].get(i, {}).get("outcome", "-") for label in labels)
+                     + f" | {message} |")
+    return "\n".join(lines) + "\n"
 
 
 def _last_line(outcome) -> str:

@@ -7,10 +7,12 @@ keeps its newline) joined with "\\n\\n", tokenized once (special tokens added), 
 non-overlapping windows of ``seqlen`` tokens; perplexity = exp(mean over the first ``windows``
 windows of the window's mean next-token NLL).
 
-    python benchmarks/hf_perplexity.py <saved dir> <data dir> [--windows 8] [--seqlen 2048]
+    python benchmarks/hf_perplexity.py <saved dir> <data dir> [--windows 8] [--seqlen 2048] [--ref logits.pt]
 
 Prints one JSON line: perplexity, windows, the text's sha256 (compare with the record's
-``protocols.perplexity.text_sha256``), the threads, and whether slimbench was imported.
+``protocols.perplexity.text_sha256``), the threads, and whether slimbench was imported. With
+``--ref`` (a ``torch.save`` of ``{"input_ids": [1, T], "logits": [1, T, V]}``, e.g. slimbench's
+in-memory compressed model on the same tokens) also the largest absolute logit difference.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--ref", help="reference logits to compare with (see above)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -55,11 +58,13 @@ def main() -> None:
         for w in windows:
             logits = model(input_ids=w[None], use_cache=False).logits  # [1, T, V]
             nlls.append(F.cross_entropy(logits[0, :-1].float(), w[1:]).double().item())
+        ref = torch.load(args.ref) if args.ref else None
+        ref_diff = None if ref is None else float((model(input_ids=ref["input_ids"], use_cache=False).logits.float() - ref["logits"]).abs().max())
     print(json.dumps({
         "model_dir": args.model_dir, "perplexity": math.exp(sum(nlls) / len(nlls)), "windows": n, "seqlen": args.seqlen,
         "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "threads": torch.get_num_threads(),
         "load_s": round(load_s, 2), "weights_dtype": str(next(model.parameters()).dtype),
-        "slimbench_imported": "slimbench" in sys.modules,
+        "ref_max_abs_logit_diff": ref_diff, "slimbench_imported": "slimbench" in sys.modules,
     }))
 
 
