@@ -1,6 +1,6 @@
 """save_dir on SmolLM2-135M: compressed models saved, reloaded in fresh processes, measured again.
 
-Rows (quick suite: perplexity on the first 8 WikiText-2 test windows of 2048 tokens):
+Rows (quick suite without latency: perplexity on the first ``--windows`` (8) WikiText-2 test windows of 2048 tokens):
 
 * GPTQ w4 g128 and SparseGPT 2:4: standard formats (compressed-tensors / transformers). A fresh
   process that never imports slimbench loads each with ``AutoModelForCausalLM.from_pretrained``
@@ -19,7 +19,13 @@ dequantized float32 weights differ from slimbench's CPU kernels within the forma
 Every row also reports the saved directory's format and size, and the saving run's own check
 (reloaded in-process: identical outputs on a probe input).
 
-    flock /work/bench.lock python benchmarks/saved_models_check.py --data-dir ../shared/data
+    flock /work/bench.lock python benchmarks/saved_models_check.py --data-dir ../shared/data [--rows flap-20,svd_llm-20]
+        [--nsamples 32] [--windows 8] [--no-reload-ppl]
+
+``--rows`` measures some rows and keeps the others already in the summary file; calibration uses
+``--nsamples`` windows of 2048 tokens (the checks compare a reload with its own record, so a
+smaller calibration set changes the model, not the check); ``--no-reload-ppl`` skips the
+fresh-process perplexity of the slimbench-format rows (their logits are still compared).
 
 Work files (records, saved models) go under ``--work`` (default: a temporary directory); the
 summary goes to ``results/benchmarks/interop.{json,md}``.
@@ -74,14 +80,17 @@ ref = torch.load(sys.argv[3])
 model = slimbench.load_pretrained(sys.argv[1])
 with torch.no_grad():
     logits = model(input_ids=ref["input_ids"], use_cache=False).logits.float()  # [1, T, V]
+out = {"logits_identical": bool(torch.equal(logits, ref["logits"])), "ref_max_abs_logit_diff": float((logits - ref["logits"]).abs().max())}
+if int(sys.argv[4]) == 0:  # logits only
+    print(json.dumps(out))
+    raise SystemExit(0)
 bundle = slimbench.load_bundle(sys.argv[1])  # the model with its tokenizer, for the evaluator
-ev = Perplexity(PerplexityConfig(max_windows=8))
+ev = Perplexity(PerplexityConfig(max_windows=int(sys.argv[4])))
 ctx = EvalContext(data_dir=Path(sys.argv[2]), device="cpu", seed=0, threads=0)
 ev.check(ctx)
 result = ev(bundle, ctx)
-print(json.dumps({"perplexity": next(m.value for m in result.metrics if m.name == "perplexity"),
-                  "text_sha256": result.protocol["text_sha256"], "logits_identical": bool(torch.equal(logits, ref["logits"])),
-                  "ref_max_abs_logit_diff": float((logits - ref["logits"]).abs().max())}))
+print(json.dumps({**out, "perplexity": next(m.value for m in result.metrics if m.name == "perplexity"),
+                  "text_sha256": result.protocol["text_sha256"]}))
 """
 
 
@@ -102,7 +111,7 @@ def du(path: Path) -> int:
 
 def measure(name: str, overrides: list[str], loader: str, args, work: Path, data_dir: str) -> dict:
     """One row: run + save + reference logits, then the reload in a fresh process."""
-    common = [f"model={args.model}", "eval=quick", "~eval.evaluators.latency", f"calib.nsamples={args.nsamples}", f"calib.seqlen={args.seqlen}",
+    common = [f"model={args.model}", "eval=quick", "~eval.evaluators.latency", f"eval.evaluators.perplexity.max_windows={args.windows}", f"calib.nsamples={args.nsamples}", f"calib.seqlen={args.seqlen}",
               "tracker=none", f"paths.data_dir={data_dir}", f"paths.results_dir={work / 'results'}", f"save_dir={work / 'models'}"]
     ref = work / f"{name.replace(':', '-')}.ref.pt"
     start = time.perf_counter()
@@ -111,30 +120,33 @@ def measure(name: str, overrides: list[str], loader: str, args, work: Path, data
     record = json.loads(Path(out["record"]).read_text())
     saved = record["artifacts"]["saved_model"]
     ppl = next(m["value"] for m in record["metrics"] if m["evaluator"] == "perplexity" and m["name"] == "perplexity")
-    row = {"overrides": overrides, "calib_nsamples": args.nsamples, "run_id": record["run_id"], "status": record["status"],
+    row = {"overrides": overrides, "calib_nsamples": args.nsamples, "windows": args.windows, "run_id": record["run_id"], "status": record["status"],
            "run_s": round(time.perf_counter() - start, 1), "record_perplexity": ppl,
            "record_text_sha256": record["protocols"]["perplexity"]["text_sha256"], "format": saved["format"],
            "dir_bytes": du(Path(saved["path"])), "weights_bytes": saved["weights_bytes"], "bytes_after": record["compression"]["bytes_after"],
            "verified_at_save": saved["verified"], "ref_tokens": args.ref_tokens, "path": saved["path"]}
     if loader == "transformers":  # a fresh process that never imports slimbench
-        got = last_json(run([sys.executable, str(REPO / "benchmarks" / "hf_perplexity.py"), saved["path"], data_dir, "--windows", "8",
+        got = last_json(run([sys.executable, str(REPO / "benchmarks" / "hf_perplexity.py"), saved["path"], data_dir, "--windows", str(args.windows),
                              "--ref", str(ref)], cwd=work).stdout)
         row.update(reload="AutoModelForCausalLM.from_pretrained", slimbench_imported=got["slimbench_imported"])
     else:
-        got = last_json(run([sys.executable, "-c", SLIMBENCH_RELOAD, saved["path"], data_dir, str(ref)]).stdout)
-        row.update(reload="slimbench.load_pretrained", logits_identical=got["logits_identical"], identical=got["perplexity"] == ppl)
-    row.update(reload_perplexity=got["perplexity"], reload_text_sha256=got["text_sha256"], relative_difference=got["perplexity"] / ppl - 1,
-               ref_max_abs_logit_diff=got["ref_max_abs_logit_diff"])
+        got = last_json(run([sys.executable, "-c", SLIMBENCH_RELOAD, saved["path"], data_dir, str(ref),
+                             str(args.windows if args.reload_ppl else 0)]).stdout)
+        row.update(reload="slimbench.load_pretrained", logits_identical=got["logits_identical"])
+    row["ref_max_abs_logit_diff"] = got["ref_max_abs_logit_diff"]
+    if "perplexity" in got:
+        row.update(reload_perplexity=got["perplexity"], reload_text_sha256=got["text_sha256"], relative_difference=got["perplexity"] / ppl - 1)
     return row
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| model | format | dir MiB | record ppl (8 windows) | reloaded by (fresh process) | reloaded ppl | rel. diff | "
-             "max abs logit diff vs in-memory model |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | format | dir MiB | calib windows | ppl windows | record ppl | reloaded by (fresh process) | reloaded ppl | rel. diff | "
+             "max abs logit diff vs in-memory model |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         same = " (identical)" if r.get("logits_identical") else ""
-        lines.append(f"| {name} | {r['format']} | {r['dir_bytes'] / 2**20:.1f} | {r['record_perplexity']:.4f} | {r['reload']} | "
-                     f"{r['reload_perplexity']:.4f} | {r['relative_difference']:+.3%} | {r['ref_max_abs_logit_diff']:.3g}{same} |")
+        reloaded = (f"{r['reload_perplexity']:.4f} | {r['relative_difference']:+.3%}" if "reload_perplexity" in r else "not measured | -")
+        lines.append(f"| {name} | {r['format']} | {r['dir_bytes'] / 2**20:.1f} | {r['calib_nsamples']} | {r['windows']} | "
+                     f"{r['record_perplexity']:.4f} | {r['reload']} | {reloaded} | {r['ref_max_abs_logit_diff']:.3g}{same} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,18 +157,21 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--model", default="smollm2-135m", help="model preset (tiny-llama: a smoke test of this script)")
     parser.add_argument("--nsamples", type=int, default=32, help="calibration windows of 2048 tokens")
+    parser.add_argument("--windows", type=int, default=8, help="perplexity windows (the record's and the reload's)")
+    parser.add_argument("--reload-ppl", action=argparse.BooleanOptionalAction, default=True,
+                        help="slimbench-format rows: also measure the reload's perplexity (else logits only)")
     parser.add_argument("--seqlen", type=int, default=2048, help="calibration window length")
     parser.add_argument("--ref-tokens", type=int, default=256, help="test tokens whose logits are compared after the reload")
     parser.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "interop"))
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="slimbench-saved-models-"))
     data_dir = str(Path(args.data_dir).resolve())
-    summary = {}
+    out = Path(args.out)
+    summary = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}  # rows measured before stay
     for name in args.rows.split(","):
         overrides, loader = ROWS[name]
         summary[name] = measure(name, overrides, loader, args, work, data_dir)
         print(json.dumps({name: summary[name]}), flush=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(summary))
