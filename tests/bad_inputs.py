@@ -82,7 +82,7 @@ CASES: list[Case] = [
     _c("method", "pipeline-one-stage", "pipeline=[wanda]", "at least two stages"),
     _c("method", "pipeline-unknown-stage", "pipeline=[wanda,gptqq]", "unknown method 'gptqq'", "did you mean 'gptq'"),
     _c("method", "pipeline-stage-param", "pipeline=[wanda,gptq] method.1.sym=no", "sym must be true or false, got 'no'"),
-    _c("method", "pipeline-preset-unknown", "pipeline=wanda24", "unknown pipeline 'wanda24'", "did you mean 'wanda24-"),
+    _c("method", "pipeline-preset-unknown", "pipeline=wanda24-gptq", "unknown pipeline 'wanda24-gptq'", "did you mean 'wanda24-gptq4'"),
     # -- model ----------------------------------------------------------------------------------
     _c("model", "unknown-model", "model=nomodel", "unknown model 'nomodel'"),
     _c("model", "hf-no-id", "model=hf", "model.id"),
