@@ -70,7 +70,7 @@ def main() -> int:
 
 def markdown(data: dict) -> str:
     """Counts by outcome per measurement, then one row per case with its outcome in each."""
-    labels = list(data)
+    labels = sorted(data, key=lambda label: not label.startswith("before"))  # before-the-fixes first; messages of the last
     lines = ["# Bad-input table: outcomes by measurement", "",
              "| measurement | cases | " + " | ".join(ORDER) + " | before-load naming the problem | slowest case |",
              "|---" * (len(ORDER) + 4) + "|"]
