@@ -120,7 +120,7 @@ def measure(name: str, overrides: list[str], loader: str, args, work: Path, data
     record = json.loads(Path(out["record"]).read_text())
     saved = record["artifacts"]["saved_model"]
     ppl = next(m["value"] for m in record["metrics"] if m["evaluator"] == "perplexity" and m["name"] == "perplexity")
-    row = {"overrides": overrides, "calib_nsamples": args.nsamples, "windows": args.windows, "run_id": record["run_id"], "status": record["status"],
+    row = {"model": args.model, "overrides": overrides, "calib_nsamples": args.nsamples, "windows": args.windows, "run_id": record["run_id"], "status": record["status"],
            "run_s": round(time.perf_counter() - start, 1), "record_perplexity": ppl,
            "record_text_sha256": record["protocols"]["perplexity"]["text_sha256"], "format": saved["format"],
            "dir_bytes": du(Path(saved["path"])), "weights_bytes": saved["weights_bytes"], "bytes_after": record["compression"]["bytes_after"],
@@ -140,12 +140,18 @@ def measure(name: str, overrides: list[str], loader: str, args, work: Path, data
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| model | format | dir MiB | calib windows | ppl windows | record ppl | reloaded by (fresh process) | reloaded ppl | rel. diff | "
-             "max abs logit diff vs in-memory model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# save_dir checkpoints reloaded in fresh processes (benchmarks/saved_models_check.py)", "",
+             "Each row: the run (slimbench.experiment, save_dir) and its record's perplexity on the first `ppl windows` WikiText-2 "
+             "test windows of 2048 tokens; the saved directory reloaded in a fresh process (plain transformers rows: "
+             "`AutoModelForCausalLM.from_pretrained`, slimbench never imported) and measured again; the reloaded model's logits "
+             "on the first test tokens against the in-memory compressed model's. `dir MiB`: the whole directory (weights, config, "
+             "tokenizer, card, manifest).", "",
+             "| row | model | format | dir MiB | calib windows | ppl windows | record ppl | reloaded by (fresh process) | reloaded ppl | rel. diff | "
+             "max abs logit diff vs in-memory model |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         same = " (identical)" if r.get("logits_identical") else ""
         reloaded = (f"{r['reload_perplexity']:.4f} | {r['relative_difference']:+.3%}" if "reload_perplexity" in r else "not measured | -")
-        lines.append(f"| {name} | {r['format']} | {r['dir_bytes'] / 2**20:.1f} | {r['calib_nsamples']} | {r['windows']} | "
+        lines.append(f"| {name} | {r.get('model', '?')} | {r['format']} | {r['dir_bytes'] / 2**20:.1f} | {r['calib_nsamples']} | {r['windows']} | "
                      f"{r['record_perplexity']:.4f} | {r['reload']} | {reloaded} | {r['ref_max_abs_logit_diff']:.3g}{same} |")
     return "\n".join(lines) + "\n"
 
