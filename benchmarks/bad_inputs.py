@@ -72,6 +72,14 @@ def markdown(data: dict) -> str:
     """Counts by outcome per measurement, then one row per case with its outcome in each."""
     labels = sorted(data, key=lambda label: not label.startswith("before"))  # before-the-fixes first; messages of the last
     lines = ["# Bad-input table: outcomes by measurement", "",
+             "`benchmarks/bad_inputs.py` runs every row of `tests/bad_inputs.py` (tiny models, the issue's small settings) "
+             "through `slimbench.cli.main`, weights allowed to load. Outcomes: before-load = exit 2 with one "
+             "`slimbench: error:` line, no weights loaded, no record; other-before-load = failed before loading but not as "
+             "one line (Hydra's multi-line errors, a bare exit 1); after-load = weights loaded, then a failed record or "
+             "an error; traceback = a traceback printed or an exception out of the CLI; accepted = an ok record (the bad "
+             "input silently accepted). A measurement labelled with a commit ran that commit's code (the table and "
+             "benchmark copied into an export of it); rows for features it did not have yet (pipelines) measure how it "
+             "handled the unknown key. Seconds per case are wall times on a shared 2-core machine.", "",
              "| measurement | cases | " + " | ".join(ORDER) + " | before-load naming the problem | slowest case |",
              "|---" * (len(ORDER) + 4) + "|"]
     for label in labels:
