@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import traceback
 from dataclasses import dataclass

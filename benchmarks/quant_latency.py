@@ -4,8 +4,9 @@ Latency depends on the format (layout, bits, group), not on which method chose t
 each format is measured with RTN codes (SmoothQuant's W8A8 with per-channel absmax weights:
 its smoothing only rescales weights and norms): one model load, each format quantized from the
 same dense weights, every measurement in this one process with the latency evaluator of the
-``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache, 2 warm-up + 7 repeats,
-median). Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
+``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache), the variants interleaved:
+each round measures every variant once (2 warm-up rounds, then 7; median), so that the machine's
+load changing during the run hits all of them alike. Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
 with the prefill (128 rows) also by the kernel (``prefill_rows=None``: the behaviour before the
 prefill path existed) and with the prefill dequantized to bf16 + bf16 GEMM (``prefill_rows=2``).
 Which of the two the code runs at 128 rows follows from ``CPU_PREFILL_ROWS``, printed under the
@@ -34,7 +35,7 @@ import torch
 from benchmarks.quant_kernel_check import resolve_named_model
 from slimbench._system import cpu_name
 from slimbench.evaluation.base import EvalContext
-from slimbench.evaluation.latency import Latency, LatencyConfig
+from slimbench.evaluation.latency import Latency, LatencyConfig, percentile
 from slimbench.kernels.qlinear import CPU_PREFILL_ROWS, QuantLinear
 from slimbench.methods.quant.rtn import RTN, RTNConfig
 from slimbench.models.adapters import set_path
@@ -85,10 +86,41 @@ def prefill_crossover(bundle, layers, repeats: int) -> tuple[dict, int | None]:
     return times, best
 
 
-def measure(bundle, config: LatencyConfig) -> dict:
+def measure_once(bundle, config: LatencyConfig) -> dict:
+    """One latency measurement (the evaluator with warmup 0, repeats 1): prefill ms and decode tokens/s."""
     ctx = EvalContext(data_dir=None, device="cpu", seed=0, threads=torch.get_num_threads())
-    result = Latency(config)(bundle, ctx)
+    result = Latency(replace(config, warmup=0, repeats=1))(bundle, ctx)
     return {m.name: m.value for m in result.metrics}
+
+
+def interleaved(variants: list[tuple], config: LatencyConfig) -> list[dict]:
+    """Every variant measured once per round, the variants interleaved within each round
+    (``config.warmup`` rounds discarded, then ``config.repeats``), so that a change of the machine's
+    load during the run hits every variant alike; per variant the median and p90 of prefill ms and
+    the median and p10 of decode tokens/s over the rounds."""
+    samples = [[] for _ in variants]
+    for round_ in range(config.warmup + config.repeats):
+        for i, (_, _, _, bundle, prefill_rows) in enumerate(variants):
+            set_prefill_rows(bundle, prefill_rows)
+            m = measure_once(bundle, config)
+            if round_ >= config.warmup:
+                samples[i].append((m["prefill_ms"], m["decode_tokens_per_s"]))
+        print(f"round {round_ + 1}/{config.warmup + config.repeats} done", flush=True)
+    out = []
+    for runs in samples:
+        prefill, tok_s = [r[0] for r in runs], [r[1] for r in runs]
+        out.append({"prefill_ms": percentile(prefill, 50), "prefill_ms_p90": percentile(prefill, 90),
+                    "decode_tokens_per_s": percentile(tok_s, 50), "decode_tokens_per_s_p10": percentile(tok_s, 10)})
+    return out
+
+
+def set_prefill_rows(bundle, prefill_rows) -> None:
+    """The row threshold of every quantized layer (``"code"``: leave what the code configured)."""
+    if prefill_rows == "code":
+        return
+    for m in bundle.model.modules():
+        if isinstance(m, QuantLinear):
+            m.prefill_rows = prefill_rows
 
 
 def main() -> None:
@@ -104,9 +136,8 @@ def main() -> None:
     config = LatencyConfig(prompt_len=128, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
     source, loader, cfg, ctx = resolve_named_model(args.model)
     dense = loader.load(source, cfg, ctx)
-    rows = [("dense fp32", "-", "dense", measure(dense, config))]
+    variants = [("dense fp32", "-", "dense", dense, "code")]  # (label, stands for, path, bundle, prefill_rows)
     crossovers = {}
-    print(rows[-1], flush=True)
     for label, fmt, stands_for in FORMATS:
         if args.formats != "all" and label.split()[0] not in args.formats.split(","):
             continue
@@ -118,17 +149,14 @@ def main() -> None:
         layers = [m for m in bundle.model.modules() if isinstance(m, QuantLinear)]
         configured = sorted({m.prefill_rows for m in layers if m.prefill_rows is not None})
         if not configured:
-            rows.append((label, stands_for, layers[0].execution_path, measure(bundle, config)))
-            print(rows[-1], flush=True)
-        if configured and args.crossover_repeats:
+            variants.append((label, stands_for, layers[0].execution_path, bundle, "code"))
+            continue
+        if args.crossover_repeats:
             crossovers[label] = (layers[0].layout, *prefill_crossover(bundle, layers, args.crossover_repeats))
             print(label, crossovers[label], flush=True)
-        for prefill_rows, path in ((None, "kernel for every size (before)"), (2, "prefill by dequantize + bf16 GEMM")) if configured else ():
-            for m in layers:
-                m.prefill_rows = prefill_rows
-            rows.append((label, stands_for, path, measure(bundle, config)))
-            print(rows[-1], flush=True)
-        del bundle
+        variants += [(label, stands_for, "kernel for every size (before)", bundle, None),
+                     (label, stands_for, "prefill by dequantize + bf16 GEMM", bundle, 2)]
+    rows = [(v[0], v[1], v[2], m) for v, m in zip(variants, interleaved(variants, config))]
     write(rows, crossovers, config, args)
 
 
@@ -137,8 +165,9 @@ def write(rows, crossovers, config: LatencyConfig, args) -> None:
     lines = [f"# Quantized formats on {args.model}: prefill and decode latency (CPU)", "",
              f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}. One process, one model load; each format quantized with RTN codes from the same "
-             f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache), "
-             f"warm-up {config.warmup}, median of {config.repeats}. `benchmarks/quant_latency.py`.", "",
+             f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache); "
+             f"the rows interleaved, one measurement of each per round: {config.warmup} warm-up rounds, median of {config.repeats}. "
+             f"`benchmarks/quant_latency.py`.", "",
              "| format | stands for (leaderboard rows) | path | prefill ms | prefill p90 | decode tok/s | decode p10 | prefill × dense | decode × dense |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, stands_for, path, m in rows:
