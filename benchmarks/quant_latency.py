@@ -213,7 +213,8 @@ def update_leaderboard(path: Path, rows, args) -> None:
     lines += ["", f"Latency columns (prefill ms, decode tok/s, × dense) re-measured {time.strftime('%Y-%m-%d')} with the prefill path "
               f"(CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS}) by `benchmarks/quant_latency.py` "
               f"(`{args.out or 'results/benchmarks/quant_latency_smollm2.md'}`): one process, each format measured once with RTN codes "
-              "(latency depends on the format, not on the method that chose the codes), the formats interleaved; every other column "
+              "(latency depends on the format, not on the method that chose the codes), the formats interleaved; prompt 128 tokens, "
+              f"{args.new_tokens} decode tokens, median of {args.repeats} rounds after {args.warmup} warm-up. Every other column "
               "is the row's record."
               + (f" † not re-measured (no single format: {', '.join(sorted(set(kept)))}): the record's number." if kept else "")]
     path.write_text("\n".join(lines) + "\n")
