@@ -266,10 +266,12 @@ def run_case(case: Case, common: list[str], save_dir: Path) -> dict:
     row = {"path": rec.compression.execution_path if rec and rec.compression else "-",
            "compress_gpu": rec.compression.peak_gpu_bytes if rec and rec.compression else None,
            "eval_gpu": max([v for v in (rec.evaluator_peak_gpu_bytes or {}).values() if v] or [None]) if rec else None,
-           "error": None if outcome.status == "ok" else (rec.error or {}) if rec else {"message": outcome.reason}}
+           "error": None}
     errors = (rec.evaluator_errors or []) if rec else []
-    if row["error"] is None and errors:
+    if errors:  # an evaluator that failed fails the case, whatever the run's status
         row["error"] = {"stage": "evaluate", "type": errors[0].get("type"), "message": f"{errors[0].get('evaluator')}: {errors[0].get('message')}"}
+    if outcome.status != "ok" and not errors:
+        row["error"] = (rec.error if rec and rec.error else {"message": outcome.reason or outcome.status})
     if case.reload and row["error"] is None:
         again = run_experiment(compose_config(["model=saved", f"model.path={save_dir / outcome.run_id}", "method=dense", *CAUSAL_RUN, *common]))
         row["path"] += " -> saved, reloaded"
