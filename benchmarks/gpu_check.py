@@ -366,7 +366,7 @@ def part_compress(out: Path, device: torch.device, dry: bool) -> None:
     from slimbench.methods import METHODS
     from slimbench.run import compress
 
-    shape = {**SMOLLM2_SHAPE, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1} if dry else SMOLLM2_SHAPE
+    shape = {**SMOLLM2_SHAPE, "hidden_size": 72, "intermediate_size": 128, "num_hidden_layers": 1} if dry else SMOLLM2_SHAPE  # 9 heads of 8
     nsamples, seqlen = (2, 32) if dry else (128, 2048)
     rows, data = [], []
     for name in ("wanda", "sparsegpt", "gptq", "awq"):
