@@ -10,7 +10,11 @@ Parts (each writes ``<out>/<part>.md`` and ``<out>/<part>.json``):
   Triton dequantize + cuBLAS, torch's tinygemm (``aten._weight_int4pack_mm``), torch's
   ``aten._weight_int8pack_mm``, and where they import, GemLite (same codes) and torchao's
   int4 weight-only (its own quantization of the weight). Then the issue's targets, PASS/FAIL.
-* ``methods``: every registered method on tiny-llama with ``device=cuda`` (pass/fail table).
+* ``methods``: pass/fail table of every registered method with ``device=cuda`` on its tiny model
+  (tiny-llama; tiny-gemma3 where the contract test says) in float32 and bfloat16, on the sparse-MoE
+  tiny-moe, the diffusion-capable methods on tiny-dit, every pipeline preset, save + reload
+  (``model=saved`` on the device), float16, and the zero-shot / FID evaluators where the data is;
+  most important first, no new case after ``--budget-s``; the table is rewritten after every case.
 * ``compress``: compression time and peak GPU memory of Wanda, SparseGPT, GPTQ and AWQ on a
   SmolLM2-shaped model (random weights from config: 30 blocks, 576/1536, GQA 9/3) at 128 × 2048
   calibration (random tokens).
@@ -19,7 +23,8 @@ Parts (each writes ``<out>/<part>.md`` and ``<out>/<part>.json``):
   graph; eager if capture fails, labelled) and the 7B linear stack alone (CUDA graph).
 
 ``--dry-run`` runs each part's CPU-testable pieces on CPU with tiny shapes (no timings of
-interest): the table and report code, the method loop, the compression loop, the decode loop.
+interest): the table and report code, the first case of every group of the method loop, the
+compression loop, the decode loop.
 
     python benchmarks/gpu_check.py kernels --out results/benchmarks/gpu
 """
@@ -28,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,11 +68,12 @@ def bench_us(fn, device: torch.device) -> float:
     return sorted(times)[2] * 1e6
 
 
-def write(out: Path, part: str, lines: list[str], data) -> None:
+def write(out: Path, part: str, lines: list[str], data, show: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{part}.md").write_text("\n".join(lines) + "\n")
     (out / f"{part}.json").write_text(json.dumps(data, indent=1, default=str))
-    print("\n".join(lines), flush=True)
+    if show:
+        print("\n".join(lines), flush=True)
 
 
 def environment_line(device: torch.device) -> str:
@@ -194,41 +200,134 @@ def compose_config(overrides: list[str]) -> dict:
         return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
 
 
-def part_methods(out: Path, device: torch.device, dry: bool, results_dir: Path) -> None:
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CAUSAL_RUN = ("calib.nsamples=4", "calib.seqlen=64", "eval=quick", "eval.evaluators.perplexity.max_windows=2",
+              "eval.evaluators.perplexity.seqlen=256", "eval.evaluators.latency.repeats=2", "eval.evaluators.latency.new_tokens=4",
+              "eval.evaluators.latency.prompt_len=16")
+DIT_RUN = ("calib.nsamples=4", "calib.steps=4", "eval.evaluators.latency.repeats=2")  # tiny-dit's preset: dit-trajectory + dit-quick
+SAVED = ("rtn", "gptq", "wanda", "svd", "flap", "smoothquant")  # save_dir, then model=saved on the device (each checkpoint format)
+
+
+@dataclass(frozen=True)
+class Case:
+    group: str  # which question the run answers (the table's first column)
+    label: str  # method, pipeline or evaluator
+    overrides: tuple[str, ...]
+    reload: bool = False  # save the compressed model, then evaluate model=saved on the device
+    skip: str = ""  # why the case cannot run here (reported, not run)
+
+
+def method_cases(data_dir: Path | None, cache_dir: Path) -> list[Case]:
+    """Every run of the methods part, most important first (the part stops launching cases at its
+    time budget): every registered method on its contract model in float32 and bfloat16; every
+    method on the sparse-MoE tiny-moe; the diffusion-capable ones on tiny-dit; every pipeline
+    preset; save + reload on the device; float16; last the evaluators that need real data."""
     from slimbench.methods import METHODS
-    from slimbench.run import run_experiment
     from tests.test_methods_contract import CONTRACT  # each method's settings for the tiny models
 
-    data_dir = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data"
     names = sorted(name for name, _ in METHODS.items())
-    rows, data = [], []
-    for name in names[:3] if dry else names:
+
+    def on(name: str, model: str | None = None) -> tuple[str, ...]:
         contract = CONTRACT.get(name)
-        model = contract.model if contract else "tiny-llama"
-        cfg = compose_config([f"method={name}", f"model={model}", *(contract.overrides if contract else ()), f"device={device.type}", "tracker=none", "force=true",
-                              f"paths.data_dir={data_dir}", f"paths.results_dir={results_dir}", "calib.nsamples=4", "calib.seqlen=64",
-                              "eval=quick", "eval.evaluators.perplexity.max_windows=2", "eval.evaluators.perplexity.seqlen=256",
-                              "eval.evaluators.latency.repeats=2", "eval.evaluators.latency.new_tokens=4", "eval.evaluators.latency.prompt_len=16"])
+        return (f"method={name}", f"model={model or (contract.model if contract else 'tiny-llama')}",
+                *(contract.overrides if contract else ()), *CAUSAL_RUN)
+
+    cases = [Case(dtype, n, (*on(n), f"model.dtype={dtype}")) for dtype in ("float32", "bfloat16") for n in names]
+    cases += [Case("tiny-moe (sparse MoE)", n, on(n, "tiny-moe")) for n in names]
+    cases += [Case("tiny-dit (diffusion)", n, (f"method={n}", "model=tiny-dit", *CONTRACT[n].overrides, *DIT_RUN))
+              for n in names if "diffusion" in METHODS.get(n).kinds]
+    cases += [Case("pipeline", p.stem, (f"pipeline={p.stem}", "model=tiny-llama", *CAUSAL_RUN)) for p in sorted((CONF / "pipeline").glob("*.yaml"))]
+    cases += [Case("save + reload", n, on(n), reload=True) for n in SAVED if n in names]
+    cases += [Case("float16", n, (*on(n), "model.dtype=float16")) for n in names]
+    no_data = "" if data_dir else "n/a: no data dir (set SLIMBENCH_DATA_DIR to the shared datasets)"
+    cases.append(Case("evaluator", "zeroshot-quick", ("method=dense", "model=tiny-llama", "eval=zeroshot-quick", "eval.evaluators.zeroshot.limit=2"),
+                      skip=no_data))
+    cached_clf = any((cache_dir / "fid").glob("mnist_clf-*.safetensors"))
+    cases.append(Case("evaluator", "fid-quick", ("method=dense", "model=tiny-dit", "model.config.img_size=28", "eval=fid-quick",
+                                                 "eval.evaluators.fid.num_samples=40", "eval.evaluators.fid.batch_size=20",
+                                                 "eval.evaluators.fid.sampler.steps=3"),
+                      skip=no_data or ("" if cached_clf else "n/a: the MNIST classifier is not cached (benchmarks/fid_mnist_dit.py trains it)")))
+    return cases
+
+
+def dry_cases(cases: list[Case], prefer: str = "rtn") -> list[Case]:
+    """The dry run: one case of every group, ``prefer`` where the group has it, else its first
+    (checks every kind of run the part makes; RTN is quick and goes through the quantized layers)."""
+    groups = dict.fromkeys(c.group for c in cases)
+    return [next((c for c in cases if c.group == g and c.label == prefer), next(c for c in cases if c.group == g)) for g in groups]
+
+
+def run_case(case: Case, common: list[str], save_dir: Path) -> dict:
+    from slimbench.run import run_experiment
+
+    overrides = [*case.overrides, *common] + ([f"save_dir={save_dir}"] if case.reload else [])
+    outcome = run_experiment(compose_config(overrides))
+    rec = outcome.record
+    row = {"path": rec.compression.execution_path if rec and rec.compression else "-",
+           "compress_gpu": rec.compression.peak_gpu_bytes if rec and rec.compression else None,
+           "eval_gpu": max([v for v in (rec.evaluator_peak_gpu_bytes or {}).values() if v] or [None]) if rec else None,
+           "error": None}
+    errors = (rec.evaluator_errors or []) if rec else []
+    if errors:  # an evaluator that failed fails the case, whatever the run's status
+        row["error"] = {"stage": "evaluate", "type": errors[0].get("type"), "message": f"{errors[0].get('evaluator')}: {errors[0].get('message')}"}
+    if outcome.status != "ok" and not errors:
+        row["error"] = (rec.error if rec and rec.error else {"message": outcome.reason or outcome.status})
+    if case.reload and row["error"] is None:
+        again = run_experiment(compose_config(["model=saved", f"model.path={save_dir / outcome.run_id}", "method=dense", *CAUSAL_RUN, *common]))
+        row["path"] += " -> saved, reloaded"
+        if again.status != "ok":
+            row["error"] = {"stage": "reload", **(again.record.error or {})} if again.record else {"stage": "reload", "message": again.reason}
+    return row
+
+
+def part_methods(out: Path, device: torch.device, dry: bool, results_dir: Path, budget_s: float) -> None:
+    import os
+
+    data_dir = os.environ.get("SLIMBENCH_DATA_DIR")
+    cache_dir = Path(os.environ.get("SLIMBENCH_CACHE_DIR", Path.home() / ".cache" / "slimbench"))
+    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "data"
+    cases = method_cases(Path(data_dir) if data_dir else None, cache_dir)
+    cases = dry_cases(cases) if dry else cases
+    start_all = time.perf_counter()
+    rows, data = [], []
+    for case in cases:
         start = time.perf_counter()
+        if case.skip or start - start_all > budget_s:
+            why = case.skip or f"not run: the part's time budget ({budget_s:.0f} s) was spent"
+            data.append({"group": case.group, "method": case.label, "status": "not run", "error": why})
+            rows.append(f"| {case.group} | {case.label} | not run | - | - | - | - | {why} |")
+            continue
+        common = [f"device={device.type}", "tracker=none", "force=true", f"paths.results_dir={results_dir}",
+                  f"paths.data_dir={data_dir if case.group == 'evaluator' else fixtures}"]
         try:
-            outcome = run_experiment(cfg)
-            rec = outcome.record
-            error = None if outcome.status == "ok" else (rec.error or {})
-            path = rec.compression.execution_path if rec and rec.compression else "-"
-            gpu = rec.compression.peak_gpu_bytes if rec and rec.compression else None
+            row = run_case(case, common, results_dir / "saved")
         except Exception as exc:
-            outcome, error, path, gpu = None, {"stage": "plan", "type": type(exc).__name__, "message": str(exc)[:200]}, "-", None
-        status = "pass" if error is None else "FAIL"
-        msg = "" if error is None else f"{error.get('stage')}: {error.get('type')}: {error.get('message', '')[:160]}"
-        data.append({"method": name, "status": status, "path": path, "peak_gpu_bytes": gpu, "seconds": time.perf_counter() - start, "error": msg})
-        rows.append(f"| {name} | {status} | {path} | {'-' if gpu is None else f'{gpu / 2**20:.1f}'} | {time.perf_counter() - start:.1f} | {msg} |")
+            row = {"path": "-", "compress_gpu": None, "eval_gpu": None, "error": {"stage": "plan", "type": type(exc).__name__, "message": str(exc)[:200]}}
+        err = row.pop("error")
+        status = "pass" if err is None else "FAIL"
+        msg = "" if err is None else f"{err.get('stage')}: {err.get('type')}: {str(err.get('message', ''))[:160]}"
+        seconds = time.perf_counter() - start
+        data.append({"group": case.group, "method": case.label, "status": status, **row, "seconds": seconds, "error": msg})
+        mib = ["-" if v is None else f"{v / 2**20:.1f}" for v in (row["compress_gpu"], row["eval_gpu"])]
+        rows.append(f"| {case.group} | {case.label} | {status} | {row['path']} | {mib[0]} | {mib[1]} | {seconds:.1f} | {msg} |")
         print(rows[-1], flush=True)
-    passed = sum(d["status"] == "pass" for d in data)
-    lines = [f"# Every registered method on its tiny model (tiny-llama; tiny-gemma3 where the contract test says), device={device.type}",
+        write_methods(out, device, dry, rows, data, show=False)
+    write_methods(out, device, dry, rows, data)
+
+
+def write_methods(out: Path, device: torch.device, dry: bool, rows: list[str], data: list[dict], show: bool = True) -> None:
+    """The table so far (written after every case: a part stopped by its time limit keeps what it ran)."""
+    groups = list(dict.fromkeys(d["group"] for d in data))
+    counts = "; ".join(f"{g}: {sum(d['status'] == 'pass' for d in data if d['group'] == g)} of "
+                       f"{sum(d['status'] != 'not run' for d in data if d['group'] == g)} pass" for g in groups)
+    lines = [f"# Every registered method, pipeline and evaluator with device={device.type}{' (dry run: the first case of each group)' if dry else ''}",
              "", environment_line(device), "",
-             f"{passed} of {len(data)} pass (quick suite, calibration 4 × 64 tokens of the test corpus, the contract test's settings).", "",
-             "| method | status | execution path | compress peak GPU MiB | s | error |", "|---|---|---|---|---|---|", *rows]
-    write(out, "methods", lines, data)
+             "Tiny models (tiny-llama; tiny-gemma3 where the contract test says; tiny-moe; tiny-dit), the contract test's settings, "
+             "calibration 4 × 64 tokens of the test corpus (tiny-dit: 4 trajectories of 4 steps), quick suite (2 windows of 256 tokens; "
+             "latency 16 + 4 tokens). Rows in float32 unless the group names a dtype.", "", counts, "",
+             "| group | method | status | execution path | compress peak GPU MiB | eval peak GPU MiB | s | error |",
+             "|---|---|---|---|---|---|---|---|", *rows]
+    write(out, "methods", lines, data, show)
 
 
 # -- compression timings on a SmolLM2-shaped model ------------------------------------------------------
@@ -267,7 +366,7 @@ def part_compress(out: Path, device: torch.device, dry: bool) -> None:
     from slimbench.methods import METHODS
     from slimbench.run import compress
 
-    shape = {**SMOLLM2_SHAPE, "num_hidden_layers": 1} if dry else SMOLLM2_SHAPE
+    shape = {**SMOLLM2_SHAPE, "hidden_size": 72, "intermediate_size": 128, "num_hidden_layers": 1} if dry else SMOLLM2_SHAPE  # 9 heads of 8
     nsamples, seqlen = (2, 32) if dry else (128, 2048)
     rows, data = [], []
     for name in ("wanda", "sparsegpt", "gptq", "awq"):
@@ -410,12 +509,13 @@ def main() -> None:
     parser.add_argument("part", choices=["kernels", "methods", "compress", "decode"])
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/gpu"))
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: check that the part runs (no GPU needed)")
+    parser.add_argument("--budget-s", type=float, default=150, help="methods: launch no new case after this many seconds")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry-run to check the script on CPU")
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.part == "methods":
-        part_methods(args.out, device, args.dry_run, args.out / "runs")
+        part_methods(args.out, device, args.dry_run, args.out / "runs", args.budget_s)
     else:
         {"kernels": part_kernels, "compress": part_compress, "decode": part_decode}[args.part](args.out, device, args.dry_run)
 

@@ -4,8 +4,9 @@ Latency depends on the format (layout, bits, group), not on which method chose t
 each format is measured with RTN codes (SmoothQuant's W8A8 with per-channel absmax weights:
 its smoothing only rescales weights and norms): one model load, each format quantized from the
 same dense weights, every measurement in this one process with the latency evaluator of the
-``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache, 2 warm-up + 7 repeats,
-median). Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
+``ppl`` suite (prompt 128 tokens, 64 greedy decode tokens with KV cache), the variants interleaved:
+each round measures every variant once (2 warm-up rounds, then 7; median), so that the machine's
+load changing during the run hits all of them alike. Formats with a CPU kernel are measured twice, decode (1 row) always by torch's kernel:
 with the prefill (128 rows) also by the kernel (``prefill_rows=None``: the behaviour before the
 prefill path existed) and with the prefill dequantized to bf16 + bf16 GEMM (``prefill_rows=2``).
 Which of the two the code runs at 128 rows follows from ``CPU_PREFILL_ROWS``, printed under the
@@ -34,7 +35,7 @@ import torch
 from benchmarks.quant_kernel_check import resolve_named_model
 from slimbench._system import cpu_name
 from slimbench.evaluation.base import EvalContext
-from slimbench.evaluation.latency import Latency, LatencyConfig
+from slimbench.evaluation.latency import Latency, LatencyConfig, percentile
 from slimbench.kernels.qlinear import CPU_PREFILL_ROWS, QuantLinear
 from slimbench.methods.quant.rtn import RTN, RTNConfig
 from slimbench.models.adapters import set_path
@@ -85,10 +86,41 @@ def prefill_crossover(bundle, layers, repeats: int) -> tuple[dict, int | None]:
     return times, best
 
 
-def measure(bundle, config: LatencyConfig) -> dict:
+def measure_once(bundle, config: LatencyConfig) -> dict:
+    """One latency measurement (the evaluator with warmup 0, repeats 1): prefill ms and decode tokens/s."""
     ctx = EvalContext(data_dir=None, device="cpu", seed=0, threads=torch.get_num_threads())
-    result = Latency(config)(bundle, ctx)
+    result = Latency(replace(config, warmup=0, repeats=1))(bundle, ctx)
     return {m.name: m.value for m in result.metrics}
+
+
+def interleaved(variants: list[tuple], config: LatencyConfig) -> list[dict]:
+    """Every variant measured once per round, the variants interleaved within each round
+    (``config.warmup`` rounds discarded, then ``config.repeats``), so that a change of the machine's
+    load during the run hits every variant alike; per variant the median and p90 of prefill ms and
+    the median and p10 of decode tokens/s over the rounds."""
+    samples = [[] for _ in variants]
+    for round_ in range(config.warmup + config.repeats):
+        for i, (_, _, _, bundle, prefill_rows) in enumerate(variants):
+            set_prefill_rows(bundle, prefill_rows)
+            m = measure_once(bundle, config)
+            if round_ >= config.warmup:
+                samples[i].append((m["prefill_ms"], m["decode_tokens_per_s"]))
+        print(f"round {round_ + 1}/{config.warmup + config.repeats} done", flush=True)
+    out = []
+    for runs in samples:
+        prefill, tok_s = [r[0] for r in runs], [r[1] for r in runs]
+        out.append({"prefill_ms": percentile(prefill, 50), "prefill_ms_p90": percentile(prefill, 90),
+                    "decode_tokens_per_s": percentile(tok_s, 50), "decode_tokens_per_s_p10": percentile(tok_s, 10)})
+    return out
+
+
+def set_prefill_rows(bundle, prefill_rows) -> None:
+    """The row threshold of every quantized layer (``"code"``: leave what the code configured)."""
+    if prefill_rows == "code":
+        return
+    for m in bundle.model.modules():
+        if isinstance(m, QuantLinear):
+            m.prefill_rows = prefill_rows
 
 
 def main() -> None:
@@ -100,13 +132,13 @@ def main() -> None:
     parser.add_argument("--formats", default="all", help="comma-separated labels' first words (e.g. int4,int8) or all")
     parser.add_argument("--crossover-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--leaderboard", type=Path, help="rewrite this quant table's latency columns with the rows measured here")
     args = parser.parse_args()
     config = LatencyConfig(prompt_len=128, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
     source, loader, cfg, ctx = resolve_named_model(args.model)
     dense = loader.load(source, cfg, ctx)
-    rows = [("dense fp32", "-", "dense", measure(dense, config))]
+    variants = [("dense fp32", "-", "dense", dense, "code")]  # (label, stands for, path, bundle, prefill_rows)
     crossovers = {}
-    print(rows[-1], flush=True)
     for label, fmt, stands_for in FORMATS:
         if args.formats != "all" and label.split()[0] not in args.formats.split(","):
             continue
@@ -118,18 +150,74 @@ def main() -> None:
         layers = [m for m in bundle.model.modules() if isinstance(m, QuantLinear)]
         configured = sorted({m.prefill_rows for m in layers if m.prefill_rows is not None})
         if not configured:
-            rows.append((label, stands_for, layers[0].execution_path, measure(bundle, config)))
-            print(rows[-1], flush=True)
-        if configured and args.crossover_repeats:
+            variants.append((label, stands_for, layers[0].execution_path, bundle, "code"))
+            continue
+        if args.crossover_repeats:
             crossovers[label] = (layers[0].layout, *prefill_crossover(bundle, layers, args.crossover_repeats))
             print(label, crossovers[label], flush=True)
-        for prefill_rows, path in ((None, "kernel for every size (before)"), (2, "prefill by dequantize + bf16 GEMM")) if configured else ():
-            for m in layers:
-                m.prefill_rows = prefill_rows
-            rows.append((label, stands_for, path, measure(bundle, config)))
-            print(rows[-1], flush=True)
-        del bundle
+        variants += [(label, stands_for, "kernel for every size (before)", bundle, None),
+                     (label, stands_for, "prefill by dequantize + bf16 GEMM", bundle, 2)]
+    rows = [(v[0], v[1], v[2], m) for v, m in zip(variants, interleaved(variants, config))]
     write(rows, crossovers, config, args)
+    if args.leaderboard:
+        update_leaderboard(args.leaderboard, rows, args)
+
+
+LATENCY_COLUMNS = ("prefill ms", "decode tok/s", "prefill × dense", "decode × dense")
+PATH_NOW = {"kernel for every size (before)": False, "prefill by dequantize + bf16 GEMM": True}  # the path the code takes at 128 rows
+
+
+def leaderboard_format(method: str, config: str) -> str | None:
+    """The measured format a quant table row stands for (None: no single format, e.g. mixed precision)."""
+    params = dict(kv.split("=", 1) for kv in config.split(", ") if "=" in kv)
+    if method == "dense":
+        return "dense fp32"
+    if method == "smoothquant":
+        return "w8a8 per-channel/per-token"
+    if method not in ("rtn", "gptq", "awq"):
+        return None
+    return {("4", "128"): "int4 g128", ("4", "64"): "int4 g64", ("8", "-1"): "int8 per-row",
+            ("3", "128"): "int3 g128 (simulated)"}.get((params.get("bits"), params.get("group_size")))
+
+
+def update_leaderboard(path: Path, rows, args) -> None:
+    """Replace the latency columns of every row of the table whose format was measured here (the
+    path the code takes now: the dequantizing prefill where the layout has a threshold <= 128 rows),
+    and add a note saying where the numbers come from; other rows keep their numbers (marked)."""
+    measured = {}
+    for label, _, path_taken, m in rows:
+        if path_taken in PATH_NOW and not PATH_NOW[path_taken]:
+            continue  # the 'before' row
+        measured[label] = m
+    base = measured["dense fp32"]
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    cols = [c.strip() for c in lines[header].strip("|").split("|")]
+    idx = {c: cols.index(c) for c in ("method", "config", *LATENCY_COLUMNS)}
+    kept = []
+    for i in range(header + 2, len(lines)):
+        if not lines[i].startswith("|"):
+            break
+        cells = [c.strip() for c in lines[i].strip("|").split("|")]
+        fmt = leaderboard_format(cells[idx["method"]], cells[idx["config"]])
+        if fmt not in measured:
+            kept.append(cells[idx["method"]])
+            cells[idx["prefill ms"]] += "†"
+        else:
+            m = measured[fmt]
+            cells[idx["prefill ms"]] = f"{m['prefill_ms']:.1f}"
+            cells[idx["decode tok/s"]] = f"{m['decode_tokens_per_s']:.1f}"
+            cells[idx["prefill × dense"]] = f"{base['prefill_ms'] / m['prefill_ms']:.2f}"
+            cells[idx["decode × dense"]] = f"{m['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}"
+        lines[i] = "| " + " | ".join(cells) + " |"
+    lines += ["", f"Latency columns (prefill ms, decode tok/s, × dense) re-measured {time.strftime('%Y-%m-%d')} with the prefill path "
+              f"(CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS}) by `benchmarks/quant_latency.py` "
+              f"(`{args.out or 'results/benchmarks/quant_latency_smollm2.md'}`): one process, each format measured once with RTN codes "
+              "(latency depends on the format, not on the method that chose the codes), the formats interleaved; prompt 128 tokens, "
+              f"{args.new_tokens} decode tokens, median of {args.repeats} rounds after {args.warmup} warm-up. Every other column "
+              "is the row's record."
+              + (f" † not re-measured (no single format: {', '.join(sorted(set(kept)))}): the record's number." if kept else "")]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write(rows, crossovers, config: LatencyConfig, args) -> None:
@@ -137,8 +225,9 @@ def write(rows, crossovers, config: LatencyConfig, args) -> None:
     lines = [f"# Quantized formats on {args.model}: prefill and decode latency (CPU)", "",
              f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}. One process, one model load; each format quantized with RTN codes from the same "
-             f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache), "
-             f"warm-up {config.warmup}, median of {config.repeats}. `benchmarks/quant_latency.py`.", "",
+             f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache); "
+             f"the rows interleaved, one measurement of each per round: {config.warmup} warm-up rounds, median of {config.repeats}. "
+             f"`benchmarks/quant_latency.py`.", "",
              "| format | stands for (leaderboard rows) | path | prefill ms | prefill p90 | decode tok/s | decode p10 | prefill × dense | decode × dense |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, stands_for, path, m in rows:

@@ -127,3 +127,27 @@ def test_gpu_check_parts_run_dry_on_cpu(tmp_path, part):
         assert {d["kernel"] for d in ok} >= {"cuBLAS bf16"} and all(d["rel_err"] < 2e-2 for d in ok)
     else:
         assert data["int4 g128"]["layouts"] and data["int4 g128"]["tokens_per_s"] > 0
+
+
+def test_gpu_check_methods_part_covers_the_registry(tmp_path):
+    """The methods part of the GPU check runs every registered method in float32, bfloat16 and
+    float16 and on tiny-moe, the diffusion-capable ones on tiny-dit, every pipeline preset, and
+    says why an evaluator row cannot run (no data dir); the dry run keeps one case per group."""
+    from pathlib import Path
+
+    from benchmarks.gpu_check import dry_cases, method_cases
+    from slimbench.methods import METHODS
+
+    cases = method_cases(None, tmp_path)
+    by_group: dict[str, set] = {}
+    for case in cases:
+        by_group.setdefault(case.group, set()).add(case.label)
+    names = set(METHODS.names())
+    assert by_group["float32"] == by_group["bfloat16"] == by_group["float16"] == by_group["tiny-moe (sparse MoE)"] == names
+    assert by_group["tiny-dit (diffusion)"] == {n for n in names if "diffusion" in METHODS.get(n).kinds} >= {"dense", "magnitude", "svd"}
+    pipelines = {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "pipeline").glob("*.yaml")}
+    assert by_group["pipeline"] == pipelines and by_group["save + reload"] <= names and by_group["evaluator"] == {"zeroshot-quick", "fid-quick"}
+    assert all(c.skip.startswith("n/a: no data dir") for c in cases if c.group == "evaluator")
+    assert [c.group for c in cases].index("bfloat16") < [c.group for c in cases].index("tiny-moe (sparse MoE)")  # most important first
+    dry = dry_cases(cases)
+    assert [c.group for c in dry] == list(dict.fromkeys(c.group for c in cases)) and dry[0].label == "rtn"
