@@ -36,13 +36,17 @@ def _most_at_once(intervals) -> int:
 
 
 def test_a_submitit_sweep_writes_every_record_and_the_rerun_retries_only_the_failure(tmp_path, text_dir):
-    blocker = tmp_path / "saved" / "0.4"  # job sparsity=0.4 saves its model below a regular file: it fails
+    # job sparsity=0.4 saves its model below a symlink to itself: the pre-flight's path check passes
+    # (a looping link does not exist), the save fails after evaluation, and the run records it
+    # (a regular file in the way is refused before the run, as an invalid config, with no record)
+    blocker = tmp_path / "saved" / "0.4"
     blocker.parent.mkdir()
-    blocker.write_text("not a directory")
+    blocker.symlink_to(blocker.name)
     sweep = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20",
              "hydra.sweeper.max_batch_size=2", "method=magnitude", "method.sparsity=0.1,0.2,0.3,0.4,0.5,0.6",
              f"save_dir={tmp_path}/saved/${{method.sparsity}}", *TINY]
     proc, _ = _run(sweep, tmp_path, text_dir, timeout=900)
+    print(proc.stdout)  # the sweep's table (pytest -rP shows it)
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed run makes the sweep's exit code non-zero
 
     files = sorted((tmp_path / "results" / "records").glob("*"))
@@ -50,12 +54,13 @@ def test_a_submitit_sweep_writes_every_record_and_the_rerun_retries_only_the_fai
     assert len(records) == 6 and all(p.suffix == ".json" and not p.name.startswith(".tmp") for p in files)
     failed = [r for r in records if r.status == "failed"]
     assert len(failed) == 1 and failed[0].stages[0]["config"]["sparsity"] == 0.4
-    assert failed[0].error["stage"] == "save" and "Not a directory" in failed[0].error["message"]
+    assert failed[0].error["stage"] == "save" and failed[0].error["type"] == "FileExistsError"
     assert all(r.protocols["latency"]["threads"] == 1 for r in records if r.status == "ok")  # threads = cpus_per_task
     assert _most_at_once(_job_intervals(tmp_path / "results" / "hydra")) == 2  # two jobs at a time, never more
 
     blocker.unlink()
     again, _ = _run(sweep, tmp_path, text_dir, timeout=900)
+    print(again.stdout)
     assert again.returncode == 0, again.stderr[-3000:]
     statuses = [line.split("|")[3].strip() for line in again.stdout.splitlines() if line.startswith("| ") and "overrides" not in line]
     assert sorted(statuses) == ["ok"] + ["skipped"] * 5
