@@ -226,9 +226,13 @@ def slimbench_gptq(bundle, calib, args):
     block_inputs: dict[int, torch.Tensor] = {}
     blocks = bundle.adapter.get_blocks(bundle.model)
 
+    seen = [0] * len(blocks)
+
     def first_input(i):
-        def hook(_, hook_args):
-            block_inputs.setdefault(i, hook_args[0].detach().clone())
+        def hook(_, hook_args):  # the engine's capture pass calls every block once per sample first (no compute)
+            if seen[i] == len(calib):
+                block_inputs[i] = hook_args[0].detach().clone()
+            seen[i] += 1
         return hook
 
     handles = [b.register_forward_pre_hook(first_input(i)) for i, b in enumerate(blocks)]
@@ -240,7 +244,7 @@ def slimbench_gptq(bundle, calib, args):
         gptq_module.gptq_quantize = original
         for h in handles:
             h.remove()
-    names = list(report.details["reconstruction_loss"])  # layer names in quantization order
+    names = [layer.name for layer in report.stages[0].layers]  # layer names in quantization order
     if len(names) != len(calls):
         raise RuntimeError(f"{len(calls)} gptq_quantize calls for {len(names)} layers")
     return report, dict(zip(names, calls)), block_inputs
@@ -260,7 +264,7 @@ class TestWindows:
         self.windows, self.first = ids[: n * seqlen].view(n, seqlen), min(first, n)  # [n, seqlen]
 
     def __call__(self, bundle) -> dict:
-        nlls = window_nlls(bundle.model, self.windows, 1, desc="perplexity wikitext2/test")
+        nlls = window_nlls(bundle, self.windows, 1, desc="perplexity wikitext2/test")
         out = {f"first{self.first}": math.exp(nlls[: self.first].mean().item())}
         if len(nlls) > self.first:
             out[f"all{len(nlls)}"] = math.exp(nlls.mean().item())
@@ -387,7 +391,7 @@ def main() -> None:
     result["ppl"]["slimbench"] = ppl(slim)
     result["slimbench_path"] = report.execution_path
     print(f"slimbench  compress {result['compress_s']['slimbench']:.1f} s | ppl ({report.execution_path}) {show(result['ppl']['slimbench'])}", flush=True)
-    scale = calib.input_ids.shape[1]  # tokens / nsamples: slimbench's per-token H -> the reference's per-window H
+    scale = calib.tokens.shape[1]  # tokens / nsamples: slimbench's per-token H -> the reference's per-window H
 
     for variant in variants:
         bundle = loader.load(source, cfg, ctx)
