@@ -174,12 +174,20 @@ def reference_gptq(ref, bundle, calib, args, accumulate, observe):
 
 
 @torch.no_grad()
-def hessian_accuracy(ref, bundle, calib, percdamp: float) -> list[dict]:
+def hessian_accuracy(ref, bundle, calib, args) -> list[dict]:
     """On the dense model (same inputs for all): each accumulation's H and U (upper Cholesky factor of the
-    damped H⁻¹, what GPTQ uses) against the float64 running mean, per block and shared input."""
+    damped H⁻¹, what GPTQ uses) against the float64 running mean, per block and shared input.
+
+    On the first ``--max-blocks`` blocks also GPTQ's sensitivity to these rounding-level differences:
+    every linear is quantized (``gptq_quantize``, bitwise the reference's ``fasterquant``) with the
+    reference's H, slimbench's H and the float64 H rounded to float32; per pair the fraction of weights
+    on another grid point, and each result's layer error under the float64 H."""
     inputs = capture_block_inputs(bundle, calib, torch.device("cpu"))
     blocks, hidden, rows = bundle.adapter.get_blocks(bundle.model), inputs.hidden, []
+    cfg = GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False)
     for i, layer in enumerate(blocks):
+        if args.max_blocks and i >= args.max_blocks:
+            break
         linears = bundle.adapter.block_linears(layer)
         leaders = list(dict.fromkeys(next(r for r in bundle.adapter.input_group(role) if r in linears) for role in linears))
         accs = {role: (ref[0].GPTQ(linears[role]), GramSum(), RunningMean64()) for role in leaders}
@@ -196,15 +204,32 @@ def hessian_accuracy(ref, bundle, calib, percdamp: float) -> list[dict]:
         for h in handles:
             h.remove()
         for role, (g, gram, exact) in accs.items():
-            u_exact = inverse_cholesky_upper(dampen(mark_dead_inputs(exact.h)[0], percdamp))  # float64
+            u_exact = inverse_cholesky_upper(dampen(mark_dead_inputs(exact.h)[0], args.percdamp))  # float64
+            hs = {"ref": g.H, "slim": gram.result(), "f64": exact.result()}
             row = {"block": i, "input_of": role}
-            for name, h in (("ref", g.H), ("slim", gram.result())):
-                row[f"h_err_{name}"] = rel(h.double(), exact.h)
-                row[f"u_err_{name}"] = rel(inverse_cholesky_upper(dampen(mark_dead_inputs(h)[0], percdamp)).double(), u_exact)
+            for name in ("ref", "slim"):
+                row[f"h_err_{name}"] = rel(hs[name].double(), exact.h)
+                row[f"u_err_{name}"] = rel(inverse_cholesky_upper(dampen(mark_dead_inputs(hs[name])[0], args.percdamp)).double(), u_exact)
             rows.append(row)
             print(" | ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            for member in (r for r in bundle.adapter.input_group(role) if r in linears and args.max_blocks):
+                w = bundle.adapter.weight_matrix(linears[member]).float()
+                qs = {name: gptq_quantize_fp(w, h, cfg) for name, h in hs.items()}
+                grid = qs["f64"][1]
+                q = {name: v[0] for name, v in qs.items()}
+                row = {"block": i, "layer": member,
+                       "moved_ref_vs_slim": moved(q["slim"], q["ref"], grid), "moved_ref_vs_f64": moved(q["ref"], q["f64"], grid),
+                       "moved_slim_vs_f64": moved(q["slim"], q["f64"], grid),
+                       **{f"err_{name}": layer_error(w, q[name], exact.h.float()) for name in q}}
+                rows.append(row)
+                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         hidden = out
     return rows
+
+
+def gptq_quantize_fp(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, Quantized]:
+    q, _ = gptq_module.gptq_quantize(w, h, cfg)
+    return q.dequantize(), q
 
 
 # -- slimbench, through its engine, recording what gptq_quantize receives ------------------------------
@@ -364,6 +389,7 @@ def main() -> None:
     parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the first variant's (W, H), per layer")
     parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
     parser.add_argument("--hessian-accuracy", action="store_true", help="only: H and U of both accumulations against float64 on the dense model")
+    parser.add_argument("--max-blocks", type=int, default=0, help="--hessian-accuracy: only the first blocks, with GPTQ's sensitivity (0 = all blocks, H and U only)")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -382,7 +408,7 @@ def main() -> None:
     slim = loader.load(source, cfg, ctx)
     calib = build_calibration_set(CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed), corpus, slim.tokenizer)
     if args.hessian_accuracy:
-        result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args.percdamp)
+        result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args)
         return save(args.out, result)
     ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen)
     t = time.perf_counter()
