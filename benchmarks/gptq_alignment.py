@@ -14,8 +14,9 @@ slimbench runs ``method=gptq method.true_sequential=false`` through its own engi
 copy of the model, with the same calibration windows (one ``CalibrationSet``, the GPTQ/Wanda
 draw). Per layer (reference order) the script reports
 
-* ``h_rel``: ‖H_slim − H_ref‖_F / ‖H_ref‖_F (slimbench's H = 2/tokens·Σxxᵀ rescaled exactly by
-  tokens/nsamples, a power of two, to the reference's 2/nsamples·Σxxᵀ);
+* ``h_rel``: ‖H_slim − H_ref‖_F / ‖H_ref‖_F (both 2/nsamples·Σxxᵀ; slimbench's ``InputStats.hessian``
+  accumulates it as the reference's running mean since issue 27, before it was one float32 Σxxᵀ
+  over all windows times 2/tokens: the ``ref-sum`` variant below);
 * ``q_moved``: the fraction of weights on a different grid point (|Q_slim − Q_ref| above half
   a step of slimbench's grid; last-bit differences of equal codes do not count), ``q_exact``:
   whether the two quantized weights are bitwise equal, and ``q_rel``:
@@ -34,9 +35,9 @@ activations, also while calibrating); its perplexity is given as installed (and 
 ``--fp32-too`` also with the same codes as fp32 linears).
 
 ``--variants`` adds diagnostic reference pipelines that differ from ``ref`` only in how H is
-accumulated: ``ref-sum`` (slimbench's: one float32 Σxxᵀ over all windows, then 2/tokens, i.e.
-``InputStats`` + ``hessian_from_gram``), ``ref-f64`` (the reference's running mean in float64,
-rounded to float32 once at the end). They measure what rounding-level changes of H do.
+accumulated: ``ref-sum`` (slimbench's before issue 27: one float32 Σxxᵀ over all windows, then
+2/tokens, i.e. ``InputStats.gram`` + ``hessian_from_gram``), ``ref-f64`` (the reference's running
+mean in float64, rounded to float32 once at the end). They measure what rounding-level changes of H do.
 
 Measured: see results/alignment/gptq-smollm2-135m.md (numbers and commands).
 
@@ -107,7 +108,7 @@ class RunningMean64:
 
 
 class GramSum:
-    """slimbench's accumulation (``InputStats`` gram, ``hessian_from_gram``), in the reference's 2/nsamples scale."""
+    """slimbench's accumulation before issue 27 (``InputStats`` gram, ``hessian_from_gram``), in the reference's 2/nsamples scale."""
 
     def __init__(self) -> None:
         self.stats, self.n = InputStats(frozenset({"gram"})), 0
@@ -390,6 +391,7 @@ def main() -> None:
     parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
     parser.add_argument("--hessian-accuracy", action="store_true", help="only: H and U of both accumulations against float64 on the dense model")
     parser.add_argument("--max-blocks", type=int, default=0, help="--hessian-accuracy: only the first blocks, with GPTQ's sensitivity (0 = all blocks, H and U only)")
+    parser.add_argument("--blocks", type=int, default=0, help="only the first blocks of the model (a truncated model, no perplexity): a quick layer-by-layer check")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -405,22 +407,23 @@ def main() -> None:
     result: dict = {"model": args.model, "bits": args.bits, "group_size": args.group_size, "percdamp": args.percdamp,
                     "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "windows": windows or "all", "ppl": {}, "compress_s": {}}
 
-    slim = loader.load(source, cfg, ctx)
+    load = lambda: truncate(loader.load(source, cfg, ctx), args.blocks)  # noqa: E731
+    slim = load()
     calib = build_calibration_set(CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed), corpus, slim.tokenizer)
     if args.hessian_accuracy:
         result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args)
         return save(args.out, result)
-    ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen)
+    ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen) if not args.blocks else lambda bundle: {}
     t = time.perf_counter()
     report, slim_layers, slim_x = slimbench_gptq(slim, calib, args)
     result["compress_s"]["slimbench"] = round(time.perf_counter() - t, 1)
     result["ppl"]["slimbench"] = ppl(slim)
     result["slimbench_path"] = report.execution_path
     print(f"slimbench  compress {result['compress_s']['slimbench']:.1f} s | ppl ({report.execution_path}) {show(result['ppl']['slimbench'])}", flush=True)
-    scale = calib.tokens.shape[1]  # tokens / nsamples: slimbench's per-token H -> the reference's per-window H
+    scale = 1.0  # slimbench's H is the reference's (2/nsamples Σxxᵀ, running mean) since issue 27; before, 2/tokens Σxxᵀ
 
     for variant in variants:
-        bundle = loader.load(source, cfg, ctx)
+        bundle = load()
         compare = Comparator(slim.adapter.blocks, slim_layers, slim_x, scale, args, lockstep=args.lockstep and variant == variants[0])
         t = time.perf_counter()
         reference_gptq(ref, bundle, calib, args, variant, compare)
@@ -439,7 +442,7 @@ def main() -> None:
         print(f"slimbench  ppl (same codes, fp32 linears) {show(result['ppl']['slimbench-fp32'])}", flush=True)
     del slim
     if args.rtn:
-        bundle = loader.load(source, cfg, ctx)
+        bundle = load()
         rtn_report = compress(RTN(RTNConfig(bits=args.bits, group_size=args.group_size)), bundle, None)
         result["ppl"]["rtn"] = ppl(bundle)
         if args.fp32_too and rtn_report.execution_path != "simulated":
@@ -449,6 +452,15 @@ def main() -> None:
 
     print("\nperplexity: " + " || ".join(f"{k} {show(v)}" for k, v in result["ppl"].items()))
     save(args.out, result)
+
+
+def truncate(bundle, blocks: int):
+    """The model cut to its first ``blocks`` blocks (0: unchanged); both pipelines see the same blocks."""
+    if blocks:
+        layers = bundle.adapter.get_blocks(bundle.model)
+        del layers[blocks:]
+        bundle.model.config.num_hidden_layers = blocks
+    return bundle
 
 
 def save(path: Path | None, result: dict) -> None:

@@ -3,7 +3,8 @@ reference IST-DASLab/gptq 2d65066: gptq.py ``fasterquant``, quant.py, llama.py).
 
 Per block, for each group of linears sharing an input (true-sequential order of llama.py:
 q/k/v, then o, then gate/up, then down; each group observes the block with the earlier groups
-already quantized), with H = 2/n Σ xxᵀ of the layer input:
+already quantized), with H = 2/n Σ xxᵀ of the layer input (n calibration samples; accumulated as
+the reference's running mean, bitwise equal to its ``add_batch``: ``InputStats.hessian``):
   1. dead inputs: H_jj = 1, W[:, j] = 0; act-order: permute columns by descending diag H;
   2. H += 0.01 · mean(diag H) · I; U = upper Cholesky factor of H⁻¹;
   3. for column blocks of 128: for each column i, (at a group start) fit the min-max grid
@@ -33,7 +34,7 @@ from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import num_groups
 from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
-from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
+from slimbench.methods.hessian import dampen, inverse_cholesky_upper, mark_dead_inputs
 from slimbench.methods.quant.common import (
     QUANT_ACCEPTS, SYM_DOC, Quantized, bits_param, from_codes, group_param, group_slices, install, layer_report, minmax_params, summarize,
     to_codes,
@@ -119,7 +120,7 @@ class GPTQ(MethodBase):
 
         def steps(i, block):
             linears = adapter.block_linears(block)
-            return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers))
+            return [Step({"x": LinearInputs(group, {"hessian"})}, compress=self._compress_fn(adapter, block, i, group, layers))
                     for group in adapter.observation_groups(list(linears), self.config.true_sequential)]
 
         def finish(report) -> MethodResult:
@@ -135,7 +136,7 @@ class GPTQ(MethodBase):
             linears = adapter.block_linears(block)
             for role in roles:
                 module, path = linears[role], adapter.role_path(role)
-                q, loss = gptq_quantize(adapter.weight_matrix(module), hessian_from_gram(stats["x"][role].gram, stats["x"][role].tokens), self.config)
+                q, loss = gptq_quantize(adapter.weight_matrix(module), stats["x"][role].hessian, self.config)
                 layers.append(layer_report(adapter.layer_name(index, role), role, q, install(block, path, module, q), round(loss, 6), "gptq loss"))
             return None
 
