@@ -78,12 +78,14 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     keep = None if keep is None else keep[:, perm]
     hinv = inverse_cholesky_upper(dampen(h, cfg.percdamp))
 
+    group_of = (perm // max(cfg.group_size, 1)).tolist()  # static groups: column -> group, on the host once (no sync per column)
     codes = torch.zeros(n, k, dtype=torch.int32, device=w.device)
     scales = torch.zeros(n, num_groups(k, cfg.group_size), device=w.device)
     zeros = torch.zeros_like(scales)
     if grids is not None:
         scales, zeros = torch.stack([g[0] for g in grids], 1), torch.stack([g[1] for g in grids], 1)
-    scale, zero, loss = scales[:, 0], zeros[:, 0], 0.0
+    scale, zero = scales[:, 0], zeros[:, 0]
+    loss = torch.zeros((), dtype=torch.float64, device=w.device)  # on the device: no host sync per column
     for i1 in range(0, k, cfg.blocksize):
         i2 = min(i1 + cfg.blocksize, k)
         w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -92,7 +94,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
             col = i1 + i
             if cfg.group_size > 0:
                 if static is not None:
-                    g = int(perm[col]) // cfg.group_size
+                    g = group_of[col]
                     scale, zero = scales[:, g], zeros[:, g]
                 elif col % cfg.group_size == 0:
                     g = col // cfg.group_size
@@ -104,13 +106,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
                 q = torch.where(keep[:, col], q, zero.round().to(q.dtype))
             col_q = from_codes(q[:, None], scale, zero)[:, 0]
             codes[:, col] = q
-            loss += float(((col_w - col_q) ** 2).sum() / d**2) / 2
+            loss += (((col_w - col_q) ** 2).sum() / d**2).double() / 2
             err = (col_w - col_q) / d
             w1[:, i:] -= err[:, None] @ hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     codes = codes[:, torch.argsort(perm)]
-    return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), loss
+    return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), float(loss)
 
 
 @register_method("gptq", config=GPTQConfig, family="quantization", produces="quantized", calibration=True, accepts=QUANT_ACCEPTS)
