@@ -19,7 +19,7 @@ calibration window with hooks on all its ``nn.Linear`` layers at once, compress 
 compressed block again to give the next block its inputs; slimbench runs the method through its
 calibration engine (``slimbench.run.compress``), with the same settings (Wanda and SparseGPT
 50% unstructured, percdamp 0.01, block 128; GPTQ asymmetric min-max, ``--bits``/``--group-size``,
-``true_sequential=false``).
+``true_sequential=false``, ``preserve_zeros=false``: the reference quantizes exact zeros like any weight).
 
 Each pipeline runs in its own fresh process (one at a time), so that its wall time and peak
 memory are measured alike: the compression (calibration capture included) is timed with
@@ -139,7 +139,8 @@ def slimbench_method(name: str, args):
     return {
         "wanda": lambda: Wanda(WandaConfig(sparsity=args.sparsity)),
         "sparsegpt": lambda: SparseGPT(SparseGPTConfig(sparsity=args.sparsity, percdamp=PERCDAMP, blocksize=BLOCKSIZE)),
-        "gptq": lambda: GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False)),
+        "gptq": lambda: GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False,
+                                            preserve_zeros=False)),
     }[name]()
 
 

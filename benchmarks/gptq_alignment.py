@@ -10,7 +10,8 @@ block its inputs. The first block's inputs and every block's extra arguments (ro
 mask) are captured by slimbench's ``capture_block_inputs`` (llama.py's ``Catcher`` under
 transformers 5, where blocks take rotary embeddings).
 
-slimbench runs ``method=gptq method.true_sequential=false`` through its own engine on a second
+slimbench runs ``method=gptq method.true_sequential=false method.preserve_zeros=false`` (the reference
+quantizes exact zeros like any weight; ``--preserve-zeros`` for slimbench's default) through its own engine on a second
 copy of the model, with the same calibration windows (one ``CalibrationSet``, the GPTQ/Wanda
 draw). Per layer (reference order) the script reports
 
@@ -185,7 +186,7 @@ def hessian_accuracy(ref, bundle, calib, args) -> list[dict]:
     on another grid point, and each result's layer error under the float64 H."""
     inputs = capture_block_inputs(bundle, calib, torch.device("cpu"))
     blocks, hidden, rows = bundle.adapter.get_blocks(bundle.model), inputs.hidden, []
-    cfg = GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False)
+    cfg = GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False, preserve_zeros=args.preserve_zeros)
     for i, layer in enumerate(blocks):
         if args.max_blocks and i >= args.max_blocks:
             break
@@ -264,7 +265,7 @@ def slimbench_gptq(bundle, calib, args):
     handles = [b.register_forward_pre_hook(first_input(i)) for i, b in enumerate(blocks)]
     gptq_module.gptq_quantize = recording
     try:
-        method = GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False))
+        method = GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False, preserve_zeros=args.preserve_zeros))
         report = compress(method, bundle, calib)
     finally:
         gptq_module.gptq_quantize = original
@@ -340,7 +341,7 @@ class Comparator:
             "err_slim": layer_error(w, q_slim, h_slim),
         }
         if self.lockstep:
-            cfg = GPTQConfig(bits=self.args.bits, group_size=self.args.group_size, percdamp=self.args.percdamp, true_sequential=False)
+            cfg = GPTQConfig(bits=self.args.bits, group_size=self.args.group_size, percdamp=self.args.percdamp, true_sequential=False, preserve_zeros=self.args.preserve_zeros)
             q_lock, _ = gptq_module.gptq_quantize(w, h_ref, cfg)
             row["lock_moved"] = moved(q_lock.dequantize(), q_ref, q_lock)
             row["lock_exact"] = bool(torch.equal(q_lock.dequantize(), q_ref))
@@ -391,6 +392,8 @@ def main() -> None:
     parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
     parser.add_argument("--hessian-accuracy", action="store_true", help="only: H and U of both accumulations against float64 on the dense model")
     parser.add_argument("--max-blocks", type=int, default=0, help="--hessian-accuracy: only the first blocks, with GPTQ's sensitivity (0 = all blocks, H and U only)")
+    parser.add_argument("--preserve-zeros", action="store_true", help="slimbench's default preserve_zeros=true (exact zeros stay zero; "
+                        "the reference quantizes them: SmolLM2's dequantized GGUF weights hold 33,483 exact zeros); off = the reference's algorithm")
     parser.add_argument("--blocks", type=int, default=0, help="only the first blocks of the model (a truncated model, no perplexity): a quick layer-by-layer check")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
