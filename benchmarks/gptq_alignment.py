@@ -10,12 +10,14 @@ block its inputs. The first block's inputs and every block's extra arguments (ro
 mask) are captured by slimbench's ``capture_block_inputs`` (llama.py's ``Catcher`` under
 transformers 5, where blocks take rotary embeddings).
 
-slimbench runs ``method=gptq method.true_sequential=false`` through its own engine on a second
+slimbench runs ``method=gptq method.true_sequential=false method.preserve_zeros=false`` (the reference
+quantizes exact zeros like any weight; ``--preserve-zeros`` for slimbench's default) through its own engine on a second
 copy of the model, with the same calibration windows (one ``CalibrationSet``, the GPTQ/Wanda
 draw). Per layer (reference order) the script reports
 
-* ``h_rel``: ‖H_slim − H_ref‖_F / ‖H_ref‖_F (slimbench's H = 2/tokens·Σxxᵀ rescaled exactly by
-  tokens/nsamples, a power of two, to the reference's 2/nsamples·Σxxᵀ);
+* ``h_rel``: ‖H_slim − H_ref‖_F / ‖H_ref‖_F (both 2/nsamples·Σxxᵀ; slimbench's ``InputStats.hessian``
+  accumulates it as the reference's running mean since issue 27, before it was one float32 Σxxᵀ
+  over all windows times 2/tokens: the ``ref-sum`` variant below);
 * ``q_moved``: the fraction of weights on a different grid point (|Q_slim − Q_ref| above half
   a step of slimbench's grid; last-bit differences of equal codes do not count), ``q_exact``:
   whether the two quantized weights are bitwise equal, and ``q_rel``:
@@ -34,9 +36,9 @@ activations, also while calibrating); its perplexity is given as installed (and 
 ``--fp32-too`` also with the same codes as fp32 linears).
 
 ``--variants`` adds diagnostic reference pipelines that differ from ``ref`` only in how H is
-accumulated: ``ref-sum`` (slimbench's: one float32 Σxxᵀ over all windows, then 2/tokens, i.e.
-``InputStats`` + ``hessian_from_gram``), ``ref-f64`` (the reference's running mean in float64,
-rounded to float32 once at the end). They measure what rounding-level changes of H do.
+accumulated: ``ref-sum`` (slimbench's before issue 27: one float32 Σxxᵀ over all windows, then
+2/tokens, i.e. ``InputStats.gram`` + ``hessian_from_gram``), ``ref-f64`` (the reference's running
+mean in float64, rounded to float32 once at the end). They measure what rounding-level changes of H do.
 
 Measured: see results/alignment/gptq-smollm2-135m.md (numbers and commands).
 
@@ -107,7 +109,7 @@ class RunningMean64:
 
 
 class GramSum:
-    """slimbench's accumulation (``InputStats`` gram, ``hessian_from_gram``), in the reference's 2/nsamples scale."""
+    """slimbench's accumulation before issue 27 (``InputStats`` gram, ``hessian_from_gram``), in the reference's 2/nsamples scale."""
 
     def __init__(self) -> None:
         self.stats, self.n = InputStats(frozenset({"gram"})), 0
@@ -174,12 +176,20 @@ def reference_gptq(ref, bundle, calib, args, accumulate, observe):
 
 
 @torch.no_grad()
-def hessian_accuracy(ref, bundle, calib, percdamp: float) -> list[dict]:
+def hessian_accuracy(ref, bundle, calib, args) -> list[dict]:
     """On the dense model (same inputs for all): each accumulation's H and U (upper Cholesky factor of the
-    damped H⁻¹, what GPTQ uses) against the float64 running mean, per block and shared input."""
+    damped H⁻¹, what GPTQ uses) against the float64 running mean, per block and shared input.
+
+    On the first ``--max-blocks`` blocks also GPTQ's sensitivity to these rounding-level differences:
+    every linear is quantized (``gptq_quantize``, bitwise the reference's ``fasterquant``) with the
+    reference's H, slimbench's H and the float64 H rounded to float32; per pair the fraction of weights
+    on another grid point, and each result's layer error under the float64 H."""
     inputs = capture_block_inputs(bundle, calib, torch.device("cpu"))
     blocks, hidden, rows = bundle.adapter.get_blocks(bundle.model), inputs.hidden, []
+    cfg = GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False, preserve_zeros=args.preserve_zeros)
     for i, layer in enumerate(blocks):
+        if args.max_blocks and i >= args.max_blocks:
+            break
         linears = bundle.adapter.block_linears(layer)
         leaders = list(dict.fromkeys(next(r for r in bundle.adapter.input_group(role) if r in linears) for role in linears))
         accs = {role: (ref[0].GPTQ(linears[role]), GramSum(), RunningMean64()) for role in leaders}
@@ -196,15 +206,32 @@ def hessian_accuracy(ref, bundle, calib, percdamp: float) -> list[dict]:
         for h in handles:
             h.remove()
         for role, (g, gram, exact) in accs.items():
-            u_exact = inverse_cholesky_upper(dampen(mark_dead_inputs(exact.h)[0], percdamp))  # float64
+            u_exact = inverse_cholesky_upper(dampen(mark_dead_inputs(exact.h)[0], args.percdamp))  # float64
+            hs = {"ref": g.H, "slim": gram.result(), "f64": exact.result()}
             row = {"block": i, "input_of": role}
-            for name, h in (("ref", g.H), ("slim", gram.result())):
-                row[f"h_err_{name}"] = rel(h.double(), exact.h)
-                row[f"u_err_{name}"] = rel(inverse_cholesky_upper(dampen(mark_dead_inputs(h)[0], percdamp)).double(), u_exact)
+            for name in ("ref", "slim"):
+                row[f"h_err_{name}"] = rel(hs[name].double(), exact.h)
+                row[f"u_err_{name}"] = rel(inverse_cholesky_upper(dampen(mark_dead_inputs(hs[name])[0], args.percdamp)).double(), u_exact)
             rows.append(row)
             print(" | ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            for member in (r for r in bundle.adapter.input_group(role) if r in linears and args.max_blocks):
+                w = bundle.adapter.weight_matrix(linears[member]).float()
+                qs = {name: gptq_quantize_fp(w, h, cfg) for name, h in hs.items()}
+                grid = qs["f64"][1]
+                q = {name: v[0] for name, v in qs.items()}
+                row = {"block": i, "layer": member,
+                       "moved_ref_vs_slim": moved(q["slim"], q["ref"], grid), "moved_ref_vs_f64": moved(q["ref"], q["f64"], grid),
+                       "moved_slim_vs_f64": moved(q["slim"], q["f64"], grid),
+                       **{f"err_{name}": layer_error(w, q[name], exact.h.float()) for name in q}}
+                rows.append(row)
+                print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         hidden = out
     return rows
+
+
+def gptq_quantize_fp(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[torch.Tensor, Quantized]:
+    q, _ = gptq_module.gptq_quantize(w, h, cfg)
+    return q.dequantize(), q
 
 
 # -- slimbench, through its engine, recording what gptq_quantize receives ------------------------------
@@ -226,21 +253,25 @@ def slimbench_gptq(bundle, calib, args):
     block_inputs: dict[int, torch.Tensor] = {}
     blocks = bundle.adapter.get_blocks(bundle.model)
 
+    seen = [0] * len(blocks)
+
     def first_input(i):
-        def hook(_, hook_args):
-            block_inputs.setdefault(i, hook_args[0].detach().clone())
+        def hook(_, hook_args):  # the engine's capture pass calls every block once per sample first (no compute)
+            if seen[i] == len(calib):
+                block_inputs[i] = hook_args[0].detach().clone()
+            seen[i] += 1
         return hook
 
     handles = [b.register_forward_pre_hook(first_input(i)) for i, b in enumerate(blocks)]
     gptq_module.gptq_quantize = recording
     try:
-        method = GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False))
+        method = GPTQ(GPTQConfig(bits=args.bits, group_size=args.group_size, percdamp=args.percdamp, true_sequential=False, preserve_zeros=args.preserve_zeros))
         report = compress(method, bundle, calib)
     finally:
         gptq_module.gptq_quantize = original
         for h in handles:
             h.remove()
-    names = list(report.details["reconstruction_loss"])  # layer names in quantization order
+    names = [layer.name for layer in report.stages[0].layers]  # layer names in quantization order
     if len(names) != len(calls):
         raise RuntimeError(f"{len(calls)} gptq_quantize calls for {len(names)} layers")
     return report, dict(zip(names, calls)), block_inputs
@@ -260,7 +291,7 @@ class TestWindows:
         self.windows, self.first = ids[: n * seqlen].view(n, seqlen), min(first, n)  # [n, seqlen]
 
     def __call__(self, bundle) -> dict:
-        nlls = window_nlls(bundle.model, self.windows, 1, desc="perplexity wikitext2/test")
+        nlls = window_nlls(bundle, self.windows, 1, desc="perplexity wikitext2/test")
         out = {f"first{self.first}": math.exp(nlls[: self.first].mean().item())}
         if len(nlls) > self.first:
             out[f"all{len(nlls)}"] = math.exp(nlls.mean().item())
@@ -310,7 +341,7 @@ class Comparator:
             "err_slim": layer_error(w, q_slim, h_slim),
         }
         if self.lockstep:
-            cfg = GPTQConfig(bits=self.args.bits, group_size=self.args.group_size, percdamp=self.args.percdamp, true_sequential=False)
+            cfg = GPTQConfig(bits=self.args.bits, group_size=self.args.group_size, percdamp=self.args.percdamp, true_sequential=False, preserve_zeros=self.args.preserve_zeros)
             q_lock, _ = gptq_module.gptq_quantize(w, h_ref, cfg)
             row["lock_moved"] = moved(q_lock.dequantize(), q_ref, q_lock)
             row["lock_exact"] = bool(torch.equal(q_lock.dequantize(), q_ref))
@@ -360,6 +391,10 @@ def main() -> None:
     parser.add_argument("--lockstep", action="store_true", help="also slimbench's gptq_quantize on the first variant's (W, H), per layer")
     parser.add_argument("--fp32-too", action="store_true", help="at w4 also evaluate slimbench's and RTN's codes as fp32 linears")
     parser.add_argument("--hessian-accuracy", action="store_true", help="only: H and U of both accumulations against float64 on the dense model")
+    parser.add_argument("--max-blocks", type=int, default=0, help="--hessian-accuracy: only the first blocks, with GPTQ's sensitivity (0 = all blocks, H and U only)")
+    parser.add_argument("--preserve-zeros", action="store_true", help="slimbench's default preserve_zeros=true (exact zeros stay zero; "
+                        "the reference quantizes them: SmolLM2's dequantized GGUF weights hold 33,483 exact zeros); off = the reference's algorithm")
+    parser.add_argument("--blocks", type=int, default=0, help="only the first blocks of the model (a truncated model, no perplexity): a quick layer-by-layer check")
     parser.add_argument("--out", type=Path, help="JSON with every per-layer row and the perplexities")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -375,22 +410,23 @@ def main() -> None:
     result: dict = {"model": args.model, "bits": args.bits, "group_size": args.group_size, "percdamp": args.percdamp,
                     "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "windows": windows or "all", "ppl": {}, "compress_s": {}}
 
-    slim = loader.load(source, cfg, ctx)
+    load = lambda: truncate(loader.load(source, cfg, ctx), args.blocks)  # noqa: E731
+    slim = load()
     calib = build_calibration_set(CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed), corpus, slim.tokenizer)
     if args.hessian_accuracy:
-        result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args.percdamp)
+        result["hessian_accuracy"] = hessian_accuracy(ref, slim, calib, args)
         return save(args.out, result)
-    ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen)
+    ppl = TestWindows(slim.tokenizer, args.data_dir, windows, args.seqlen) if not args.blocks else lambda bundle: {}
     t = time.perf_counter()
     report, slim_layers, slim_x = slimbench_gptq(slim, calib, args)
     result["compress_s"]["slimbench"] = round(time.perf_counter() - t, 1)
     result["ppl"]["slimbench"] = ppl(slim)
     result["slimbench_path"] = report.execution_path
     print(f"slimbench  compress {result['compress_s']['slimbench']:.1f} s | ppl ({report.execution_path}) {show(result['ppl']['slimbench'])}", flush=True)
-    scale = calib.input_ids.shape[1]  # tokens / nsamples: slimbench's per-token H -> the reference's per-window H
+    scale = 1.0  # slimbench's H is the reference's (2/nsamples Σxxᵀ, running mean) since issue 27; before, 2/tokens Σxxᵀ
 
     for variant in variants:
-        bundle = loader.load(source, cfg, ctx)
+        bundle = load()
         compare = Comparator(slim.adapter.blocks, slim_layers, slim_x, scale, args, lockstep=args.lockstep and variant == variants[0])
         t = time.perf_counter()
         reference_gptq(ref, bundle, calib, args, variant, compare)
@@ -409,7 +445,7 @@ def main() -> None:
         print(f"slimbench  ppl (same codes, fp32 linears) {show(result['ppl']['slimbench-fp32'])}", flush=True)
     del slim
     if args.rtn:
-        bundle = loader.load(source, cfg, ctx)
+        bundle = load()
         rtn_report = compress(RTN(RTNConfig(bits=args.bits, group_size=args.group_size)), bundle, None)
         result["ppl"]["rtn"] = ppl(bundle)
         if args.fp32_too and rtn_report.execution_path != "simulated":
@@ -419,6 +455,15 @@ def main() -> None:
 
     print("\nperplexity: " + " || ".join(f"{k} {show(v)}" for k, v in result["ppl"].items()))
     save(args.out, result)
+
+
+def truncate(bundle, blocks: int):
+    """The model cut to its first ``blocks`` blocks (0: unchanged); both pipelines see the same blocks."""
+    if blocks:
+        layers = bundle.adapter.get_blocks(bundle.model)
+        del layers[blocks:]
+        bundle.model.config.num_hidden_layers = blocks
+    return bundle
 
 
 def save(path: Path | None, result: dict) -> None:

@@ -33,6 +33,7 @@ quality (ASVD's sensitivity, mixed precision's budget) or need its gradients (FW
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -51,7 +52,7 @@ from slimbench.records import stable_hash
 
 log = logging.getLogger(__name__)
 
-INPUT_STATS = ("gram", "sq_sum", "abs_sum", "abs_max", "sum")
+INPUT_STATS = ("gram", "hessian", "sq_sum", "abs_sum", "abs_max", "sum")
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -63,6 +64,13 @@ class InputStats:
     ``gram`` = Σ xᵀx [D, D]; ``sq_sum`` = Σ x² [D]; ``abs_sum`` = Σ |x| [D];
     ``abs_max`` = max |x| [D]; ``sum`` = Σ x [D]; ``tokens`` = N. Sums are float64 vectors
     and a float32 Gram matrix (as in the SparseGPT/GPTQ references).
+
+    ``hessian`` = 2/n · Σ XᵀX over the n calibration *samples* seen (``samples``; X = one
+    sample's tokens) in float32, accumulated as the SparseGPT/GPTQ references' ``add_batch`` does:
+    a running mean (H ← H · n/(n+b), then H += (√(2/(n+b))·Xᵀ)(√(2/(n+b))·Xᵀ)ᵀ for a call with b
+    samples), so that it equals theirs bitwise. The same quantity as 2/n·``gram`` up to float
+    rounding, but GPTQ's rounding decisions are discontinuous in H: rounding-level differences of H
+    move quantized weights, then through the next blocks' inputs the whole model (issue 27).
     """
 
     wanted: frozenset
@@ -72,13 +80,18 @@ class InputStats:
     abs_sum: torch.Tensor | None = None
     abs_max: torch.Tensor | None = None
     sum: torch.Tensor | None = None
+    hessian: torch.Tensor | None = None
+    samples: int = 0
 
     def update(self, x: torch.Tensor) -> None:
+        batch = x.shape[0] if x.dim() > 2 else 1  # samples in this call ([B, T, D] or one sample's [T, D])
         x = x.reshape(-1, x.shape[-1]).float()  # [N, D]
         self.tokens += x.shape[0]
         if "gram" in self.wanted:
             xtx = x.t() @ x
             self.gram = xtx if self.gram is None else self.gram.add_(xtx)
+        if "hessian" in self.wanted:
+            self._add_to_hessian(x, batch)
         for name, value in (
             ("sq_sum", lambda: (x.double() ** 2).sum(0)),
             ("abs_sum", lambda: x.abs().double().sum(0)),
@@ -90,6 +103,15 @@ class InputStats:
         if "abs_max" in self.wanted:
             m = x.abs().amax(0)
             self.abs_max = m if self.abs_max is None else torch.maximum(self.abs_max, m)
+
+    def _add_to_hessian(self, x: torch.Tensor, batch: int) -> None:
+        """The references' running-mean update (their float32 operation order) with x [N, D] of ``batch`` samples."""
+        if self.hessian is None:
+            self.hessian = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+        self.hessian *= self.samples / (self.samples + batch)
+        self.samples += batch
+        xt = math.sqrt(2 / self.samples) * x.t()  # [D, N]
+        self.hessian += xt.matmul(xt.t())
 
     # derived quantities used by several methods
     @property

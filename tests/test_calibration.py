@@ -1,5 +1,7 @@
 """The layer-wise calibration engine on tiny models."""
 
+import math
+
 import pytest
 import torch
 
@@ -93,12 +95,14 @@ def test_input_statistics_match_a_direct_computation(tiny_bundle, calib_for):
     x = torch.cat(xs)
 
     stats = CalibrationEngine(bundle, calib, progress=False).collect(
-        lambda i, block: {"in": LinearInputs(["q", "k", "gate"], {"gram", "sq_sum", "abs_sum", "abs_max", "sum"})}
+        lambda i, block: {"in": LinearInputs(["q", "k", "gate"], {"gram", "hessian", "sq_sum", "abs_sum", "abs_max", "sum"})}
     )
     s = stats[0]["in"]["q"]
     assert s is stats[0]["in"]["k"] and s is not stats[0]["in"]["gate"]  # q/k share one input
     assert s.tokens == x.shape[0] == 3 * 32
     torch.testing.assert_close(s.gram, x.t() @ x, rtol=1e-5, atol=1e-4)
+    assert s.samples == 3  # the Hessian averages over samples (windows), as the SparseGPT/GPTQ references
+    torch.testing.assert_close(s.hessian.double(), (x.double().t() @ x.double()) * (2 / 3), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(s.col_norm.float(), x.norm(dim=0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s.mean_abs.float(), x.abs().mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s.abs_max, x.abs().amax(0))
@@ -210,3 +214,30 @@ def test_diffusion_calibration_samples_follow_the_sampling_trajectory(tiny_bundl
     assert not torch.equal(calib.inputs[0]["x"], calib.inputs[1]["x"])  # x_t moves along the trajectory
     stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, b: {"in": LinearInputs(["q", "up"], {"sq_sum"})})
     assert stats[0]["in"]["q"].tokens == 4 * 3 * 4  # steps x images x patches (8x8 image, patch 4)
+
+
+def test_hessian_is_the_references_running_mean_over_samples():
+    """InputStats.hessian = 2/n Σ XᵀX over n samples whatever the call sizes; the running mean's float32 rounding
+    differs from the one-sum-then-scale of ``gram`` (issue 27: GPTQ at 3 bits moves weights on such differences)."""
+    from slimbench.calibration import InputStats
+
+    torch.manual_seed(0)
+    calls = [torch.randn(1, 64, 24) * 3, torch.randn(2, 64, 24), torch.randn(64, 24) + 1]  # [B, T, D] and one sample's [T, D]
+    stats = InputStats(frozenset({"hessian", "gram"}))
+    for x in calls:
+        stats.update(x)
+    x = torch.cat([c.reshape(-1, 24) for c in calls]).double()
+    assert stats.samples == 4 and stats.tokens == 4 * 64
+    exact = x.t() @ x * (2 / 4)
+    torch.testing.assert_close(stats.hessian.double(), exact, rtol=1e-5, atol=1e-4)
+    by_gram = stats.gram * (2 / 4)
+    assert not torch.equal(stats.hessian, by_gram)  # same quantity, another float32 operation order
+    h = torch.zeros(24, 24)  # the update order itself: rescale by n/(n+b), then add the pre-scaled batch
+    n = 0
+    for c in calls:
+        b = c.shape[0] if c.dim() == 3 else 1
+        h *= n / (n + b)
+        n += b
+        xt = math.sqrt(2 / n) * c.reshape(-1, 24).float().t()
+        h += xt.matmul(xt.t())
+    assert torch.equal(stats.hessian, h)

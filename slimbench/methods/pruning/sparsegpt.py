@@ -9,7 +9,8 @@ gate/up, down, each seeing the already pruned earlier groups); then every linear
 and the pruned block is re-run to produce the next block's inputs.
 
 Per linear, W [out, in] in float32 (as the reference):
-  1. H = 2/n · Σ x xᵀ over the calibration tokens (``slimbench.methods.hessian``); dead
+  1. H = 2/n · Σ x xᵀ over the n calibration samples, accumulated as the reference's running mean
+     (``InputStats.hessian``, bitwise equal to its ``add_batch``; ``slimbench.methods.hessian``); dead
      inputs (H_ii = 0) get H_ii = 1 and their weight column zeroed; H += 0.01·mean(diag H)·I;
      U = upper Cholesky factor of H⁻¹.
   2. Columns in blocks of ``blocksize`` (128) with lazy batch updates. Unstructured: at the
@@ -39,7 +40,7 @@ import torch
 from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import LayerReport, MethodBase, MethodResult, SequentialPlan, register_method
-from slimbench.methods.hessian import hessian_from_gram, prepare_inverse
+from slimbench.methods.hessian import prepare_inverse
 from slimbench.methods.pruning.masks import PATTERN_DOC, check_sparsity, parse_pattern
 from slimbench.params import check_params, param
 
@@ -121,7 +122,7 @@ class SparseGPT(MethodBase):
             if skip:
                 return []
             linears = adapter.block_linears(block)
-            return [Step({"in": LinearInputs(g, {"gram"})}, self._compressor(adapter, linears, i, g, layers))
+            return [Step({"in": LinearInputs(g, {"hessian"})}, self._compressor(adapter, linears, i, g, layers))
                     for g in adapter.observation_groups(tuple(linears), cfg.true_sequential)]
 
         def finish(report) -> MethodResult:
@@ -142,7 +143,7 @@ class SparseGPT(MethodBase):
             for role in roles:
                 weight = adapter.weight_matrix(linears[role])  # [out, in]
                 inputs = stats["in"][role]
-                hinv, dead = prepare_inverse(hessian_from_gram(inputs.gram, inputs.tokens), cfg.percdamp)
+                hinv, dead = prepare_inverse(inputs.hessian, cfg.percdamp)
                 start = weight.float().masked_fill(dead.reshape(1, -1), 0.0)
                 pruned, losses = sparsegpt_prune(start, hinv, cfg.sparsity, nm, cfg.blocksize)
                 weight.copy_(pruned.to(weight.dtype))

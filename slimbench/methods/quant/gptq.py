@@ -3,7 +3,8 @@ reference IST-DASLab/gptq 2d65066: gptq.py ``fasterquant``, quant.py, llama.py).
 
 Per block, for each group of linears sharing an input (true-sequential order of llama.py:
 q/k/v, then o, then gate/up, then down; each group observes the block with the earlier groups
-already quantized), with H = 2/n Σ xxᵀ of the layer input:
+already quantized), with H = 2/n Σ xxᵀ of the layer input (n calibration samples; accumulated as
+the reference's running mean, bitwise equal to its ``add_batch``: ``InputStats.hessian``):
   1. dead inputs: H_jj = 1, W[:, j] = 0; act-order: permute columns by descending diag H;
   2. H += 0.01 · mean(diag H) · I; U = upper Cholesky factor of H⁻¹;
   3. for column blocks of 128: for each column i, (at a group start) fit the min-max grid
@@ -33,7 +34,7 @@ from slimbench.calibration import LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.kernels.qlinear import num_groups
 from slimbench.methods.base import MethodBase, MethodResult, SequentialPlan, register_method
-from slimbench.methods.hessian import dampen, hessian_from_gram, inverse_cholesky_upper, mark_dead_inputs
+from slimbench.methods.hessian import dampen, inverse_cholesky_upper, mark_dead_inputs
 from slimbench.methods.quant.common import (
     QUANT_ACCEPTS, SYM_DOC, Quantized, bits_param, from_codes, group_param, group_slices, install, layer_report, minmax_params, summarize,
     to_codes,
@@ -77,12 +78,14 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
     keep = None if keep is None else keep[:, perm]
     hinv = inverse_cholesky_upper(dampen(h, cfg.percdamp))
 
+    group_of = (perm // max(cfg.group_size, 1)).tolist()  # static groups: column -> group, on the host once (no sync per column)
     codes = torch.zeros(n, k, dtype=torch.int32, device=w.device)
     scales = torch.zeros(n, num_groups(k, cfg.group_size), device=w.device)
     zeros = torch.zeros_like(scales)
     if grids is not None:
         scales, zeros = torch.stack([g[0] for g in grids], 1), torch.stack([g[1] for g in grids], 1)
-    scale, zero, loss = scales[:, 0], zeros[:, 0], 0.0
+    scale, zero = scales[:, 0], zeros[:, 0]
+    loss = torch.zeros((), dtype=torch.float64, device=w.device)  # on the device: no host sync per column
     for i1 in range(0, k, cfg.blocksize):
         i2 = min(i1 + cfg.blocksize, k)
         w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -91,7 +94,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
             col = i1 + i
             if cfg.group_size > 0:
                 if static is not None:
-                    g = int(perm[col]) // cfg.group_size
+                    g = group_of[col]
                     scale, zero = scales[:, g], zeros[:, g]
                 elif col % cfg.group_size == 0:
                     g = col // cfg.group_size
@@ -103,13 +106,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, cfg: GPTQConfig) -> tuple[Qu
                 q = torch.where(keep[:, col], q, zero.round().to(q.dtype))
             col_q = from_codes(q[:, None], scale, zero)[:, 0]
             codes[:, col] = q
-            loss += float(((col_w - col_q) ** 2).sum() / d**2) / 2
+            loss += (((col_w - col_q) ** 2).sum() / d**2).double() / 2
             err = (col_w - col_q) / d
             w1[:, i:] -= err[:, None] @ hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     codes = codes[:, torch.argsort(perm)]
-    return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), loss
+    return Quantized(codes, scales, zeros, cfg.bits, cfg.group_size), float(loss)
 
 
 @register_method("gptq", config=GPTQConfig, family="quantization", produces="quantized", calibration=True, accepts=QUANT_ACCEPTS)
@@ -119,7 +122,7 @@ class GPTQ(MethodBase):
 
         def steps(i, block):
             linears = adapter.block_linears(block)
-            return [Step({"x": LinearInputs(group, {"gram"})}, compress=self._compress_fn(adapter, block, i, group, layers))
+            return [Step({"x": LinearInputs(group, {"hessian"})}, compress=self._compress_fn(adapter, block, i, group, layers))
                     for group in adapter.observation_groups(list(linears), self.config.true_sequential)]
 
         def finish(report) -> MethodResult:
@@ -135,7 +138,7 @@ class GPTQ(MethodBase):
             linears = adapter.block_linears(block)
             for role in roles:
                 module, path = linears[role], adapter.role_path(role)
-                q, loss = gptq_quantize(adapter.weight_matrix(module), hessian_from_gram(stats["x"][role].gram, stats["x"][role].tokens), self.config)
+                q, loss = gptq_quantize(adapter.weight_matrix(module), stats["x"][role].hessian, self.config)
                 layers.append(layer_report(adapter.layer_name(index, role), role, q, install(block, path, module, q), round(loss, 6), "gptq loss"))
             return None
 

@@ -33,7 +33,6 @@ import torch
 from slimbench.calibration import CalibrationEngine, LinearInputs, Step
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.hessian import hessian_from_gram
 from slimbench.methods.quant.common import QUANT_ACCEPTS, SYM_DOC, bits_param, group_param, install, layer_report, mean_bits, rtn, summarize
 from slimbench.methods.quant.gptq import GPTQConfig, gptq_quantize
 from slimbench.params import check_params, param
@@ -200,7 +199,7 @@ class MixedPrecision(MethodBase):
 
         def plan(i, block):
             def step(group):
-                return Step({"x": LinearInputs(group, {"gram"})}, compress=lambda st: [quantize(block, i, r, hessian_from_gram(st["x"][r].gram, st["x"][r].tokens)) for r in group] and None)
+                return Step({"x": LinearInputs(group, {"hessian"})}, compress=lambda st: [quantize(block, i, r, st["x"][r].hessian) for r in group] and None)
 
             return [step(g) for g in adapter.observation_groups(list(adapter.block_linears(block)), True)]
 
