@@ -218,3 +218,23 @@ def test_wanda_and_rtn_touch_every_expert(tiny_bundle, text_dir, model, method, 
             assert callable(getattr(module, "dequantize", None))  # packed
     assert report.params_after == sum(p.numel() for p in bundle.model.parameters() if p.dtype.is_floating_point) or method == "rtn"
     assert torch.isfinite(_logits(bundle)).all()
+
+
+# -- the record ----------------------------------------------------------------------------------------
+def test_record_holds_counted_experts_per_token(compose):
+    from slimbench.run import run_experiment
+
+    cfg = compose("model=tiny-llama-moe", "method=moe_topk", "method.k=3", "method.router=similarity", "eval=quick",
+                  "eval.evaluators.latency=null", "eval.evaluators.perplexity.max_windows=1", "eval.evaluators.perplexity.seqlen=64")
+    outcome = run_experiment(cfg)
+    assert outcome.status == "ok", outcome.record.error
+    record = outcome.record
+    metrics = {m.key: m.value for m in record.metrics}
+    assert metrics["moe.perplexity.experts_per_token"] == 3.0 and metrics["moe.experts_per_token"] == 3.0
+    moe = record.artifacts["moe"]
+    assert moe["experts_per_token_distribution"] == {3: 1.0}
+    assert set(moe["per_layer"]) == {"moe_topk/0", "moe_topk/1"}
+    assert moe["tokens_per_layer"] == 64 and sum(moe["per_layer"]["moe_topk/0"]["tokens_per_expert"]) == 3 * 64
+    stage = record.compression.stages[0]
+    assert stage.hooks == ["moe_topk/0", "moe_topk/1"] and stage.details["rule"] == "top-k" and stage.details["router"] == "similarity"
+    assert record.compression.execution_path == "routed-experts" and not record.compression.baseline
