@@ -52,8 +52,8 @@ CONTRACT = {
     "numerical_pruning": Contract(overrides=("method.ratio=0.3", "method.ratio_of=params")),
     "flap": Contract(model="tiny-gemma3", overrides=("method.ratio=0.3",)),
     # runtime methods: hooks, no weight changes; removing the hooks restores the outputs bitwise
-    "moe_topk": Contract(model="tiny-moe", overrides=("method.k=1",), changes_weights=False),
-    "moe_topp": Contract(model="tiny-llama-moe", overrides=("method.p=0.5", "method.router=similarity"), changes_weights=False),
+    "moe_topk": Contract(model="tiny-moe", changes_weights=False),  # saved with their preset configs (test_checkpoint)
+    "moe_topp": Contract(model="tiny-olmoe", changes_weights=False),
 }
 
 
