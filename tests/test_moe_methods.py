@@ -238,3 +238,19 @@ def test_record_holds_counted_experts_per_token(compose):
     stage = record.compression.stages[0]
     assert stage.hooks == ["moe_topk/0", "moe_topk/1"] and stage.details["rule"] == "top-k" and stage.details["router"] == "similarity"
     assert record.compression.execution_path == "routed-experts" and not record.compression.baseline
+
+
+def test_rtn_experts_then_topp_routing_in_one_pipeline(tiny_bundle):
+    from slimbench.methods.base import check_stage_order
+
+    bundle = tiny_bundle("tiny-olmoe")
+    _randomise_routers(bundle, scale=0.15)
+    rtn, topp = _method("rtn", bits=4, group_size=32), _method("moe_topp", p=0.5)
+    check_stage_order([type(rtn), type(topp)])
+    report = compress([rtn, topp], bundle, None)
+    assert [s.method for s in report.stages] == ["rtn", "moe_topp"] and report.stages[1].hooks == ["moe_topp/0", "moe_topp/1"]
+    assert report.execution_path.endswith("routed-experts")
+    expert = bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0])["gate[3]"]
+    assert callable(getattr(expert, "dequantize", None))  # the routed experts are the packed ones
+    assert torch.isfinite(_logits(bundle)).all()
+    assert 1.0 <= _experts_per_token(bundle, "moe_topp/") < 4.0
