@@ -9,7 +9,7 @@ counts (``slimbench.moe.metrics``).
 
 1. Perplexity grid: routers oracle / similarity / mlp x top-k (k in --k) and top-p (p in --p);
    WikiText-2 test, the first --windows windows of --seqlen tokens. The MLP router trains per
-   layer on the first 16,384 FFN-input tokens of the calibration draw (--calib-samples windows
+   layer on the first min(16,384, --calib-samples x 2048) FFN-input tokens of the calibration draw (--calib-samples windows
    of 2048 from WikiText-2 validation; cached). All experts (k = E) = the dense model.
 2. The paper's claim "at equal mean active experts top-p beats top-k": for each top-p point,
    the top-k perplexity at the same mean active experts, linearly interpolated between the
@@ -133,7 +133,8 @@ def markdown(result: dict) -> str:
         f"Model `{result['model']}`: E = {result['experts']} experts of {result['expert_neurons']} neurons per FFN "
         f"(balanced k-means on normalised [gate; up] rows), all {result['layers']} layers. Perplexity: WikiText-2 test, "
         f"first {a['windows']} windows of {a['seqlen']} tokens (reduced protocol). MLP router: trained per layer on "
-        f"the first 16,384 FFN-input tokens of {a['calib_samples']} x 2048 WikiText-2 validation windows. Mean active "
+        f"the first {min(16384, a['calib_samples'] * 2048):,} FFN-input tokens ({a['calib_samples']} x 2048 WikiText-2 validation "
+        "windows; 90% train, 10% validate). Mean active "
         f"experts per token: counted by the routing hooks (mean over the {result['layers']} layers). MoEfied experts are summed with weight 1.",
         "",
         f"All experts (= dense): perplexity **{result['all_experts']['ppl']:.3f}** (eval {result['all_experts']['eval_s']:.0f} s).",
@@ -208,7 +209,13 @@ def main() -> None:
     parser.add_argument("--reps-t2048", type=int, default=5)
     parser.add_argument("--reps-t1", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/moe_routing"))
+    parser.add_argument("--from-json", type=Path, help="only re-render the table and plot of a finished run")
     args = parser.parse_args()
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        args.out.with_suffix(".md").write_text(markdown(result))
+        plot(result, args.out.with_suffix(".png"))
+        return
 
     source, loader, config, ctx = resolve_named_model(args.model)
     start = time.perf_counter()
