@@ -182,7 +182,7 @@ class RoutingMethod(MethodBase):
         else:
             if self.requires_calibration and calib is None:
                 raise ConfigError(f"{self.name} with router=mlp needs a calibration set (calib=...)")
-            routers, details = MOEFIED_ROUTERS[self.config.router](bundle, modules, calib, getattr(self.config, "router_tokens", None))
+            routers, details = MOEFIED_ROUTERS[self.config.router](bundle, modules, calib, self.config.router_tokens)
             routes = [moefied_route(r, rule) for r in routers]
         for i, (module, route) in enumerate(zip(modules, routes)):
             bundle.hooks.add(f"{self.name}/{i}", module, RoutingHook(route))
