@@ -231,6 +231,8 @@ def test_record_holds_counted_experts_per_token(compose):
     record = outcome.record
     metrics = {m.key: m.value for m in record.metrics}
     assert metrics["moe.perplexity.experts_per_token"] == 3.0 and metrics["moe.experts_per_token"] == 3.0
+    per_expert = 3 * 64 * 16  # an expert of tiny-llama-moe: 16 neurons x (gate + up + down) of width 64
+    assert metrics["moe.perplexity.active_expert_params_per_token"] == 2 * 3 * per_expert  # 2 layers x 3 experts
     moe = record.artifacts["moe"]
     assert moe["experts_per_token_distribution"] == {3: 1.0}
     assert set(moe["per_layer"]) == {"moe_topk/0", "moe_topk/1"}

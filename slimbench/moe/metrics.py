@@ -7,6 +7,8 @@ one evaluator's run (the counters' difference before/after it):
 
 * ``moe.<evaluator>.experts_per_token``: mean active experts per token, averaged over the MoE
   layers (Σ expert calls / Σ tokens over all layers: every layer sees the same tokens);
+* ``moe.<evaluator>.active_expert_params_per_token``: parameters of the experts a token ran,
+  summed over the MoE layers (packed experts count the weights they represent);
 * details (the record's ``artifacts["moe"]``): per layer the mean, the distribution of experts per
   token (fraction of tokens with k experts) and the tokens per expert.
 
@@ -52,7 +54,9 @@ def _summary(layers: dict[str, dict[str, int]]) -> dict:
         }
         for name, c in layers.items()
     }
-    return {"experts_per_token": calls / tokens, "tokens_per_layer": tokens // len(layers),
+    params = sum(c.get("expert_params", 0) for c in layers.values())
+    return {"experts_per_token": calls / tokens, "active_expert_params_per_token": params / (tokens // len(layers)),
+            "tokens_per_layer": tokens // len(layers),
             "experts_per_token_distribution": {k: n / tokens for k, n in sorted(hist.items())}, "per_layer": per_layer}
 
 
@@ -64,5 +68,7 @@ def routing_metrics(label: str | None, before: Counters, after: Counters) -> tup
     if not layers:
         return [], {}
     summary = _summary(layers)
-    name = "experts_per_token" if label is None else f"{label}.experts_per_token"
-    return [Metric(name, summary["experts_per_token"], higher_is_better=False, unit="experts", evaluator="moe")], summary
+    prefix = "" if label is None else f"{label}."
+    return [Metric(f"{prefix}experts_per_token", summary["experts_per_token"], higher_is_better=False, unit="experts", evaluator="moe"),
+            Metric(f"{prefix}active_expert_params_per_token", summary["active_expert_params_per_token"], higher_is_better=False,
+                   unit="count", evaluator="moe")], summary

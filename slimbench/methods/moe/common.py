@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.errors import ConfigError
+from slimbench.evaluation.size import module_storage
 from slimbench.hooks import Hook
 from slimbench.methods.base import MethodBase, MethodResult
 from slimbench.models.adapters import Adapter, MoESpec, get_path
@@ -55,11 +56,13 @@ def router_tokens_param():
 
 # -- counting -------------------------------------------------------------------------------------
 class RoutingHook(Hook):
-    """One MoE layer's expert selection replaced by ``route(module, x) -> (out, DispatchCount)``."""
+    """One MoE layer's expert selection replaced by ``route(module, x) -> (out, DispatchCount)``;
+    ``expert_params[e]``: the parameters of expert e (counted as ``expert_params`` per routed token)."""
 
-    def __init__(self, route: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, DispatchCount]]) -> None:
+    def __init__(self, route: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, DispatchCount]], expert_params: list[int]) -> None:
         super().__init__()
         self.route = route
+        self.expert_params = torch.tensor(expert_params, dtype=torch.long)  # [E]
 
     def forward(self, module, call, x, *args, **kwargs):
         out, count = self.route(module, x)
@@ -71,6 +74,7 @@ class RoutingHook(Hook):
                 self.count(f"tokens_with_{k}_experts", n)
         for e, n in enumerate(count.tokens_per_expert.tolist()):
             self.count(f"expert_{e}_tokens", n)
+        self.count("expert_params", int((count.tokens_per_expert.cpu() * self.expert_params).sum()))
         return out
 
 
@@ -184,8 +188,9 @@ class RoutingMethod(MethodBase):
                 raise ConfigError(f"{self.name} with router=mlp needs a calibration set (calib=...)")
             routers, details = MOEFIED_ROUTERS[self.config.router](bundle, modules, calib, self.config.router_tokens)
             routes = [moefied_route(r, rule) for r in routers]
-        for i, (module, route) in enumerate(zip(modules, routes)):
-            bundle.hooks.add(f"{self.name}/{i}", module, RoutingHook(route))
+        for i, (block, route) in enumerate(zip(adapter.get_blocks(bundle.model), routes)):
+            params = [module_storage(expert)[0] for expert in adapter.expert_modules(block)]
+            bundle.hooks.add(f"{self.name}/{i}", modules[i], RoutingHook(route, params))
         notes = ["the oracle router computes every expert's gate/up to rank them: a quality upper bound, not a speedup"] \
             if self.config.router == "oracle" else []
         return MethodResult(
