@@ -162,14 +162,11 @@ def router_study(dense, args) -> tuple[list[dict], list[dict]]:
 def collect_ffn_inputs(bundle, layers, calib) -> list[torch.Tensor]:
     """Every layer's FFN inputs over the calibration windows (the MoEfied model with all experts = dense)."""
     observers = [FFNInputs() for _ in layers]
-    handles = [h for block, obs in zip(bundle.adapter.get_blocks(bundle.model), observers) for h in obs.attach(block, bundle.adapter)]
-    try:
-        with torch.inference_mode():
-            for sample in calib.samples():
-                bundle.model(**sample)
-    finally:
-        for h in handles:
-            h.remove()
+    with bundle.hooks.scope() as hooks, torch.inference_mode():
+        for block, obs in zip(bundle.adapter.get_blocks(bundle.model), observers):
+            obs.attach(block, bundle.adapter, hooks)
+        for sample in calib.samples():
+            bundle.model(**sample)
     return [obs.result() for obs in observers]
 
 

@@ -325,11 +325,11 @@ def save_pretrained(bundle: ModelBundle, directory: str | os.PathLike, record: A
     methods are installed again from them at load)."""
     directory = Path(directory)
     model, io = bundle.model, bundle.io
-    skeleton = io.architecture(model.config, next(model.parameters()).dtype, device="meta")
+    skeleton = _architecture(io, bundle.adapter, model.config, next(model.parameters()).dtype, device="meta")
     changed = changed_modules(model, skeleton)
     stages = record.stages if record is not None else (stages or [])
     runtime = _runtime_stages(bundle, stages)
-    fmt = _choose_format(io, changed, runtime, skeleton)
+    fmt = "slimbench" if bundle.adapter.moe is not None else _choose_format(io, changed, runtime, skeleton)
     tensors, modules, aliases, extra = _collect(bundle, changed, fmt)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
@@ -350,6 +350,18 @@ def save_pretrained(bundle: ModelBundle, directory: str | os.PathLike, record: A
     verified = _verify_reload(bundle, directory) if verify else "not verified"
     files = _files(directory)
     return SavedModel(str(directory), fmt, sum(files.values()), files[WEIGHTS[fmt]], verified)
+
+
+def _architecture(io: Any, adapter: Any, config: Any, dtype: torch.dtype, device: str = "cpu") -> nn.Module:
+    """The architecture as slimbench loads it: a trained MoE's fused experts unfused (one linear
+    triple per expert, ``slimbench.moe.models.unfuse_experts``). Such a model is saved in the
+    slimbench format (its unfused expert tensors are not the transformers layout)."""
+    model = io.architecture(config, dtype, device=device)
+    if adapter.moe is not None and adapter.moe.trained:
+        from slimbench.moe.models import unfuse_experts
+
+        unfuse_experts(model, adapter)
+    return model
 
 
 def _choose_format(io: Any, changed: dict[str, nn.Module], runtime: list[dict], skeleton: nn.Module) -> str:
@@ -540,7 +552,7 @@ def load_bundle(directory: str | os.PathLike, device: str | torch.device = "cpu"
         _check_ct_config(directory, doc)
     config = io.read_config(directory)
     dtype = DTYPES[doc["dtype"]]
-    model = io.architecture(config, dtype)
+    model = _architecture(io, adapter_for(doc["model_type"]), config, dtype)
     _build_modules(model, doc, tensors, dtype)
     _load_tensors(model, doc, tensors, directory)
     device = torch.device(device)

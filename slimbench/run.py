@@ -45,6 +45,7 @@ from slimbench.models.adapters import adapter_for
 from slimbench.models.bundle import ModelBundle, ModelShape, ModelSource
 from slimbench.models.io import MODEL_IO
 from slimbench.models.loaders import LoadContext, Loader, resolve_model
+from slimbench.moe.metrics import routing_metrics
 from slimbench.records import (
     CompressionReport, LayerReport, RunRecord, StageReport, environment, evaluator_fingerprint, finite, new_attempt_id, stable_hash,
 )
@@ -442,14 +443,17 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, s
 def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopwatch) -> dict:
     """Run every evaluator (one failing does not stop the others); metrics and per-evaluator
     protocols go into the record; returns the per-document samples evaluators kept (when asked)."""
-    samples = {}
+    samples, routing = {}, {}
+    start = bundle.hooks.counters()
     for name, evaluator in plan.evaluators:
         try:
             seed_everything(plan.eval_ctx.seed)
             bundle.hooks.reset_state()
+            before = bundle.hooks.counters()
             with watch.time(f"eval_{name}_s"), measure_peak_gpu(_model_device(bundle.model)) as gpu:
                 result = evaluator(bundle, plan.eval_ctx)
             record.evaluator_peak_gpu_bytes[name] = gpu.peak_bytes
+            counted, routing[name] = routing_metrics(name, before, bundle.hooks.counters())  # MoE routing hooks' counts
         except Exception as exc:  # one evaluator failing must not stop the others
             log.exception("evaluator %s failed", name)
             record.evaluator_errors.append({"evaluator": name, **_error(exc)})
@@ -457,6 +461,7 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
         for metric in result.metrics:
             metric.evaluator = name
             record.metrics.append(metric)
+        record.metrics.extend(counted)
         bad = [f"{m.name}={m.value!r}" for m in result.metrics if m.value is not None and not finite(m.value)]
         if bad:  # a NaN perplexity is a broken model or evaluation, never a result
             log.error("evaluator %s returned non-finite metrics: %s", name, ", ".join(bad))
@@ -468,6 +473,10 @@ def evaluate(plan: RunPlan, bundle: ModelBundle, record: RunRecord, watch: Stopw
             record.artifacts[name] = result.details
         if result.samples:
             samples[name] = result.samples
+    counted, overall = routing_metrics(None, start, bundle.hooks.counters())
+    if counted:
+        record.metrics.extend(counted)
+        record.artifacts["moe"] = {**overall, "per_evaluator": {n: r for n, r in routing.items() if r}}
     quality = {n: p["fingerprint"] for n, p in record.protocols.items() if not getattr(EVALUATORS.get(n), "machine_dependent", False)}
     record.protocol_fingerprint = stable_hash(quality) if record.protocols else None
     return samples

@@ -28,6 +28,7 @@ FORMATS = {
     "mixed_precision": "compressed-tensors",
     "svd": "slimbench", "fwsvd": "slimbench", "asvd": "slimbench", "svd_llm": "slimbench", "attn_drop": "slimbench",
     "mlp_drop": "slimbench", "joint_drop": "slimbench", "numerical_pruning": "slimbench", "flap": "slimbench",
+    "moe_topk": "slimbench", "moe_topp": "slimbench",  # runtime hooks (and unfused experts)
 }
 DIT_METHODS = ("dense", "magnitude", "rtn", "svd")  # the methods that support diffusion models, on the tiny DiT
 RELOAD = """

@@ -17,6 +17,8 @@ from tests.conftest import CONF_DIR
 EXTRA = {("model", "hf"): ["model.id=gpt2"]}
 # tiny-llama deep enough for every preset's defaults (layer dropping's drop_n=4 needs more than 4 blocks)
 DEEP_TINY = ("model=tiny-llama", "model.config.num_hidden_layers=6")
+# methods that need another tiny model than DEEP_TINY (MoE routing needs MoE layers)
+TINY_FOR = {"moe_topk": ("model=tiny-moe",), "moe_topp": ("model=tiny-moe",)}
 
 
 METHOD_PRESETS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER)
@@ -53,13 +55,13 @@ def test_every_config_composes_and_validates(group, option, compose):
         if (group, option) not in EXTRA:  # every value the preset sets is in the node (presets may extend another)
             assert _leaves(content) <= _leaves(node), sorted(_leaves(content) - _leaves(node))
     if group in ("method", "pipeline", "calib") and option != "dit-trajectory":
-        plan = plan_run(compose(*DEEP_TINY, f"{group}={option}"))
+        plan = plan_run(compose(*TINY_FOR.get(option, DEEP_TINY), f"{group}={option}"))
         assert plan.stages and plan.evaluators
 
 
 @pytest.mark.parametrize("method", METHOD_PRESETS)
 def test_every_method_preset_validates(compose, method):
-    plan = plan_run(compose(*DEEP_TINY, f"method={method}"))
+    plan = plan_run(compose(*TINY_FOR.get(method, DEEP_TINY), f"method={method}"))
     assert [s.name for s in plan.stages] == [method]
 
 

@@ -51,6 +51,9 @@ CONTRACT = {
     "shortgpt": Contract(overrides=("method.drop_n=1",)),
     "numerical_pruning": Contract(overrides=("method.ratio=0.3", "method.ratio_of=params")),
     "flap": Contract(model="tiny-gemma3", overrides=("method.ratio=0.3",)),
+    # runtime methods: hooks, no weight changes; removing the hooks restores the outputs bitwise
+    "moe_topk": Contract(model="tiny-moe", changes_weights=False),  # saved with their preset configs (test_checkpoint)
+    "moe_topp": Contract(model="tiny-olmoe", changes_weights=False),
 }
 
 
@@ -123,16 +126,23 @@ def test_method_contract(name, tiny_bundle, text_dir):
     def run_once():
         torch.manual_seed(0)
         bundle = tiny_bundle(contract.model)
-        calib = _calibration(bundle, text_dir) if cls.requires_calibration else None
+        calib = _calibration(bundle, text_dir) if method.requires_calibration else None
         before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+        ids = bundle.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+        with torch.no_grad():
+            unhooked = bundle.model(ids).logits
         report = compress(method, bundle, calib)
-        return bundle, before, report
+        return bundle, before, report, (ids, unhooked)
 
-    bundle, before, report = run_once()
-    ids = bundle.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    bundle, before, report, (ids, unhooked) = run_once()
     with torch.no_grad():
         logits = bundle.model(ids).logits
     assert torch.isfinite(logits).all()
+    if cls.sort == "runtime":  # the record names the hooks; removing them restores the model's outputs bitwise
+        assert report.stages[0].hooks and set(report.stages[0].hooks) == set(bundle.hooks.names())
+        bundle.hooks.remove_all()
+        with torch.no_grad():
+            assert torch.equal(bundle.model(ids).logits, unhooked)
 
     after = bundle.model.state_dict()
     changed = any(k not in after or not torch.equal(before[k], after[k]) for k in before)
@@ -143,7 +153,7 @@ def test_method_contract(name, tiny_bundle, text_dir):
         assert report.sparsity == pytest.approx(contract.sparsity, abs=0.01)
     assert report.params_after == _measured_params(bundle.model)
     assert report.bytes_after == _stored_bytes(bundle.model)
-    assert report.baseline == (not contract.changes_weights)
+    assert report.baseline == (not contract.changes_weights and cls.sort != "runtime")
     stage = report.stages[0]
     assert stage.method == name and (stage.layers or not contract.changes_weights)
     for layer in stage.layers:  # typed per-layer reports, measured by the harness
@@ -151,6 +161,6 @@ def test_method_contract(name, tiny_bundle, text_dir):
         assert layer.params_after <= layer.params_before or layer.change == "quantized"
 
     # seeded determinism
-    bundle2, _, _ = run_once()
+    bundle2, _, _, _ = run_once()
     for key, value in bundle.model.state_dict().items():
         assert torch.equal(value, bundle2.model.state_dict()[key]), key

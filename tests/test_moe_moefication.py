@@ -7,6 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from slimbench.errors import ConfigError
+from slimbench.hooks import HookRegistry
 from slimbench.models.adapters import ADAPTERS
 from slimbench.moe.cache import cached_tensors, layer_state, router_tensors
 from slimbench.moe.moefication import MoEficationConfig, MoEfiedMLP, cluster_model, cluster_neurons, moefied_layers, moefy
@@ -173,11 +174,11 @@ def test_mlp_router_training_is_deterministic_and_beats_similarity_on_its_data()
 def test_ffn_inputs_observer_and_router_cache(tmp_path):
     model, layers, _ = _moefied(E=4)
     obs = FFNInputs(max_tokens=20)
-    handles = obs.attach(model.model.layers[1], ADAPTER)
-    with torch.no_grad():
-        model(IDS)
-    for h in handles:
-        h.remove()
+    with HookRegistry.of(model).scope() as hooks:
+        obs.attach(model.model.layers[1], ADAPTER, hooks)
+        with torch.no_grad():
+            model(IDS)
+    assert not HookRegistry.of(model).names()
     inputs = obs.result()
     assert inputs.shape == (20, 32)
     routers = [MLPRouter(gate_centres(m.experts)) for m in layers]

@@ -19,6 +19,7 @@ factored modules. Which norm feeds which linears (``norm_feeds``) and AWQ's scal
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,19 +49,37 @@ def set_path(root: nn.Module, path: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class MoESpec:
-    """A sparse MoE block: router Linear and experts stored as fused 3-D parameters."""
+    """A mixture-of-experts MLP in every block.
+
+    ``trained``: a trained sparse MoE (router Linear; experts stored by transformers as fused 3-D
+    parameters, unfused at load into one gate/up/down ``nn.Linear`` triple per expert,
+    ``slimbench.moe.dispatch.UnfusedExperts``). Otherwise a MoEfied dense FFN
+    (``slimbench.moe.moefication.MoEfiedMLP`` at ``block``: no router of its own). Either way the
+    experts module at ``block.experts`` holds ``experts[e].{gate,up,down}_proj``: the adapter's
+    expert roles ``gate[e]``, ``up[e]``, ``down[e]``.
+    """
 
     block: str  # path inside a decoder block
-    router: str  # path inside the MoE block
+    router: str  # path inside the MoE block ("" when there is none)
     experts: str  # path inside the MoE block
+    trained: bool = True
     gate_up: str = "gate_up_proj"  # [E, 2*I, D] parameter of the experts module
     down: str = "down_proj"  # [E, D, I]
     num_experts_attr: str = "num_local_experts"
     top_k_attr: str = "num_experts_per_tok"
-    shared_expert: str | None = None
+    shared_expert: str | None = None  # Qwen2-MoE: an always-on expert, scaled by sigmoid(shared_gate(h))
+    shared_gate: str = "shared_expert_gate"
 
 
 FACTOR_PARTS = ("first", "second")  # kernels.factored.FactoredLinear.factor_parts: in -> rank -> out
+EXPERT_PARTS = ("gate", "up", "down")  # the linears of one expert: role ``<part>[<e>]``, module ``<part>_proj``
+_EXPERT_ROLE = re.compile(r"^(gate|up|down)\[(\d+)\]$")
+
+
+def expert_role(part: str, e: int) -> str:
+    """The role of expert ``e``'s ``part`` linear (``gate[3]``)."""
+    return f"{part}[{e}]"
+
 
 
 @dataclass(frozen=True)
@@ -105,11 +124,19 @@ class Adapter:
 
     # -- names -------------------------------------------------------------------------------
     def role_path(self, role: str) -> str:
-        """Path of a linear role inside a block (``q.first`` -> ``self_attn.q_proj.first``)."""
+        """Path of a linear role inside a block (``q.first`` -> ``self_attn.q_proj.first``;
+        ``gate[3]`` -> ``mlp.experts.experts.3.gate_proj``)."""
         base, _, part = role.partition(".")
-        if base not in self.linears or (part and part not in FACTOR_PARTS):
+        expert = _EXPERT_ROLE.match(base) if self.moe is not None else None
+        if (base not in self.linears and expert is None) or (part and part not in FACTOR_PARTS):
             raise KeyError(f"{self.family} adapter has no linear role {role!r}")
-        return self.linears[base] + (f".{part}" if part else "")
+        path = f"{self.experts_path}.experts.{expert[2]}.{expert[1]}_proj" if expert else self.linears[base]
+        return path + (f".{part}" if part else "")
+
+    @property
+    def experts_path(self) -> str | None:
+        """Path of the experts module inside a block (None without MoE layers)."""
+        return None if self.moe is None else f"{self.moe.block}.{self.moe.experts}"
 
     def layer_name(self, index: int, role: str) -> str:
         """Full dotted name of block ``index``'s linear ``role`` (e.g. ``model.layers.3.mlp.up_proj``)."""
@@ -125,17 +152,30 @@ class Adapter:
     def block_linears(self, block: nn.Module) -> dict[str, nn.Module]:
         """role -> linear module of one block, for the roles this block has (factored linears
         as their two factors ``<role>.first`` / ``<role>.second``)."""
-        found = {}
-        for role, path in self.linears.items():
-            module = get_path(block, path)
+        found: dict[str, nn.Module] = {}
+
+        def add(role: str, module: nn.Module | None) -> None:
             if module is None:
-                continue
+                return
             parts = getattr(module, "factor_parts", None)  # a FactoredLinear: its factors are the linears
             if parts:
                 found.update({f"{role}.{p}": getattr(module, p) for p in parts})
             else:
                 found[role] = module
+
+        for role, path in self.linears.items():
+            add(role, get_path(block, path))
+        for e, expert in enumerate(self.expert_modules(block)):  # a MoE block's experts, one role per linear
+            for part in EXPERT_PARTS:
+                add(expert_role(part, e), getattr(expert, f"{part}_proj", None))
         return found
+
+    def expert_modules(self, block: nn.Module) -> list[nn.Module]:
+        """The experts of a MoE block (each with ``gate_proj``/``up_proj``/``down_proj``); [] when the
+        block has none (or its experts are still fused 3-D parameters)."""
+        bank = get_path(block, self.experts_path)
+        experts = getattr(bank, "experts", None)
+        return list(experts) if isinstance(experts, nn.ModuleList) else []
 
     def linear_paths(self, model: nn.Module) -> dict[str, nn.Module]:
         """Full dotted name -> module for every compressible linear in the blocks."""
@@ -158,6 +198,10 @@ class Adapter:
         base, _, part = role.partition(".")
         if part == "second":
             return (role,)
+        expert = _EXPERT_ROLE.match(base)
+        if expert is not None:  # an expert's gate and up read the tokens routed to it
+            parts = ("gate", "up") if expert[1] != "down" else ("down",)
+            return tuple(expert_role(p, int(expert[2])) + (f".{part}" if part else "") for p in parts)
         for group in self.input_groups:
             if base in group:
                 return tuple(f"{r}.{part}" if part else r for r in group)
@@ -352,9 +396,34 @@ ADAPTERS.register(
     dataclasses.replace(
         _MIXTRAL,
         family="qwen2_moe",
+        linears={**_MIXTRAL.linears, "shared_gate": "mlp.shared_expert.gate_proj", "shared_up": "mlp.shared_expert.up_proj",
+                 "shared_down": "mlp.shared_expert.down_proj"},
+        input_groups=_MIXTRAL.input_groups + (("shared_gate", "shared_up"), ("shared_down",)),
         moe=dataclasses.replace(_MIXTRAL.moe, num_experts_attr="num_experts", shared_expert="shared_expert"),
     ),
 )
+ADAPTERS.register("qwen3_moe", dataclasses.replace(_MIXTRAL, family="qwen3_moe", moe=dataclasses.replace(_MIXTRAL.moe, num_experts_attr="num_experts")))
+
+# MoEfied dense decoders (slimbench.moe.moefication, loader 'moefied'): the dense family's attention,
+# every MLP split into experts (roles gate[e]/up[e]/down[e]) with no router of its own.
+MOEFIED_SUFFIX = "_moefied"
+
+
+def moefied_adapter(base: Adapter) -> Adapter:
+    attention = ("q", "k", "v", "o")
+    return dataclasses.replace(
+        base,
+        family=f"{base.family}{MOEFIED_SUFFIX}",
+        linears={k: v for k, v in base.linears.items() if k in attention},
+        input_groups=tuple(g for g in base.input_groups if set(g) <= set(attention)),
+        norm_feeds={k: v for k, v in base.norm_feeds.items() if set(v) <= set(attention)},
+        scale_chains=tuple(c for c in base.scale_chains if set(c.roles) <= set(attention)),
+        moe=MoESpec(block=base.mlp, router="", experts="experts", trained=False),
+    )
+
+
+for _name in ("llama", "mistral", "qwen2", "qwen3"):
+    ADAPTERS.register(_name + MOEFIED_SUFFIX, moefied_adapter(_LLAMA))
 
 # The MNIST DiT of slimbench.models.dit (adaLN-style conditioning, per-head dim 64).
 ADAPTERS.register(

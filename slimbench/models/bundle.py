@@ -19,6 +19,7 @@ class ModelShape:
 
     blocks: int | None = None  # transformer blocks (num_hidden_layers)
     max_positions: int | None = None  # the context the model was built for (max_position_embeddings)
+    num_experts: int | None = None  # experts per MoE layer (trained or MoEfied); None: no MoE layers or unknown
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,22 @@ def _require_adapter(model_type: str, name: str) -> None:
 
 
 def _finish(model: torch.nn.Module, tokenizer: Any, source: ModelSource, ctx: LoadContext) -> ModelBundle:
+    """Device, dtype, eval mode; a trained MoE's fused experts become one linear triple per expert
+    (``slimbench.moe.models.unfuse_experts``: the same function, compressible expert by expert)."""
+    adapter = adapter_for(source.model_type)
+    if adapter.moe is not None and adapter.moe.trained:
+        from slimbench.moe.models import unfuse_experts
+
+        unfuse_experts(model, adapter)
     model = model.to(device=ctx.device, dtype=DTYPES[source.dtype]).eval()
-    return ModelBundle(model=model, tokenizer=tokenizer, kind=source.kind, adapter=adapter_for(source.model_type), source=source)
+    return ModelBundle(model=model, tokenizer=tokenizer, kind=source.kind, adapter=adapter, source=source)
 
 
 def _shape_of(hf_config: Any) -> ModelShape:
-    """Blocks and context of a transformers config (its standard attribute names)."""
-    return ModelShape(blocks=getattr(hf_config, "num_hidden_layers", None), max_positions=getattr(hf_config, "max_position_embeddings", None))
+    """Blocks, context and experts of a transformers config (its standard attribute names)."""
+    experts = getattr(hf_config, "num_local_experts", None) or getattr(hf_config, "num_experts", None)
+    return ModelShape(blocks=getattr(hf_config, "num_hidden_layers", None), max_positions=getattr(hf_config, "max_position_embeddings", None),
+                      num_experts=experts)
 
 
 def _check_builds(hf_config: Any, name: str) -> None:
@@ -514,6 +523,64 @@ class SavedLoader:
 
         bundle = load_bundle(config.path, device=ctx.device)
         return dataclasses.replace(bundle, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MoEfiedLoaderConfig:
+    base: dict = param(doc="the dense SwiGLU model to MoEfy: a model node (loader and its fields)", default_factory=dict)
+    num_experts: int = param(16, "experts per FFN (must divide the FFN width)", ge=1)
+    split: str = param("kmeans_gate_up", "neuron clustering (slimbench.moe.moefication.SPLITS)",
+                       choices=("kmeans_gate_up", "kmeans_gate", "random"))
+    seed: int = param(0, "balanced k-means random_state (the reference's 0)")
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            raise ConfigError("loader 'moefied' needs model.base (the dense model to MoEfy, e.g. the smollm2-135m preset's fields)")
+
+    def moefication(self):
+        from slimbench.moe.moefication import MoEficationConfig
+
+        return MoEficationConfig(num_experts=self.num_experts, split=self.split, seed=self.seed)
+
+
+@LOADERS.register("moefied")
+class MoEfiedLoader:
+    """A dense SwiGLU model (any loader) MoEfied at load: every FFN split into ``num_experts``
+    experts by balanced clustering of its neurons (``slimbench.moe.moefication``; labels cached
+    under ``<cache_dir>/moe``). With all experts active it computes the dense function; routing
+    methods (``moe_topk``/``moe_topp``) choose the experts."""
+
+    Config = MoEfiedLoaderConfig
+
+    def _base(self, name: str, kind: str, dtype: str, config: MoEfiedLoaderConfig, ctx: LoadContext):
+        node = {"name": f"{name}/base", "kind": kind, "dtype": dtype, **dict(config.base)}
+        return resolve_model(node, ctx)
+
+    def check(self, name, kind, dtype, config: MoEfiedLoaderConfig, ctx) -> ModelSource:
+        import dataclasses
+
+        from slimbench.models.adapters import MOEFIED_SUFFIX
+
+        base, _, _ = self._base(name, kind, dtype, config, ctx)
+        config.moefication().check(adapter_for(base.model_type), None)
+        model_type = base.model_type + MOEFIED_SUFFIX
+        _require_adapter(model_type, name)
+        identity = {"base": base.to_dict(), "moefication": dataclasses.asdict(config.moefication())}
+        return ModelSource(name=name, kind=kind, loader="moefied", model_type=model_type, identity=identity, dtype=dtype,
+                           shape=dataclasses.replace(base.shape, num_experts=config.num_experts))
+
+    def load(self, source, config: MoEfiedLoaderConfig, ctx) -> ModelBundle:
+        import dataclasses
+
+        from slimbench.moe.models import moefy_cached
+
+        base, loader, base_config = self._base(source.name, source.kind, source.dtype, config, ctx)
+        bundle = loader.load(base, base_config, ctx)
+        big = sum(p.numel() for p in bundle.model.parameters()) > 10_000_000  # parallel clustering pays off for real models only
+        moefy_cached(bundle.model, bundle.adapter, config.moefication(), base.to_dict(), ctx.cache_dir,
+                     n_jobs=min(2, os.cpu_count() or 1) if big else 1)
+        return dataclasses.replace(bundle, adapter=adapter_for(source.model_type), source=source)
 
 
 # --------------------------------------------------------------------------------------------

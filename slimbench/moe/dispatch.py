@@ -137,6 +137,37 @@ class FusedExperts:
         return [per] * self.num_experts
 
 
+class UnfusedExperts(SlicedExperts):
+    """Storage (b) made compressible: the fused experts of a trained MoE as one ``SwiGLUExpert``
+    (``nn.Linear`` gate/up/down, copies of ``gate_up[e, :I]``, ``gate_up[e, I:]``, ``down[e]``) per
+    expert, so that weight methods reach every expert through the adapter's expert roles and their
+    calibration hooks see exactly the tokens routed to each expert. It is called like the
+    transformers module it replaces: ``(hidden [T, D], top_k_index [T, k], top_k_weights [T, k])``,
+    and computes the same sum through ``grouped_dispatch``."""
+
+    @classmethod
+    def from_fused(cls, module: nn.Module) -> "UnfusedExperts":
+        fused = FusedExperts.of(module)
+        inter = fused.down.shape[2]
+        with torch.no_grad():
+            experts = [
+                SwiGLUExpert(
+                    _linear_slice(fused.gate_up[e, :inter], None),  # [I, D]
+                    _linear_slice(fused.gate_up[e, inter:], None),  # [I, D]
+                    _linear_slice(fused.down[e], None),  # [D, I]
+                    fused.act_fn,
+                )
+                for e in range(fused.num_experts)
+            ]
+        return cls(experts)
+
+    def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        T, E = hidden.shape[0], self.num_experts
+        mask = torch.zeros(T, E, dtype=torch.bool, device=hidden.device).scatter_(1, top_k_index, True)  # [T, E]
+        weights = torch.zeros(T, E, dtype=top_k_weights.dtype, device=hidden.device).scatter_(1, top_k_index, top_k_weights)
+        return grouped_dispatch(hidden, mask, self, weights)[0]  # [T, D]
+
+
 # -- the dispatch ---------------------------------------------------------------------------------
 @dataclass
 class DispatchCount:

@@ -37,7 +37,7 @@ from torch import nn
 
 from slimbench.errors import ConfigError
 from slimbench.models.adapters import Adapter, get_path, set_path
-from slimbench.moe.dispatch import RoutingStats, SlicedExperts, grouped_dispatch
+from slimbench.moe.dispatch import DispatchCount, RoutingStats, SlicedExperts, grouped_dispatch
 from slimbench.moe.routers import probabilities
 from slimbench.moe.routing import Rule
 
@@ -152,18 +152,24 @@ class MoEfiedMLP(nn.Module):
             raise ConfigError("this MoEfied MLP has no router: attach one before routing")
         return probabilities(self.router, self.router.scores(h, self.experts), self.prob_mode)
 
-    def forward_routed(self, x: torch.Tensor, rule: Rule | None) -> torch.Tensor:
-        """The MLP on x [..., D] with experts chosen by ``rule(P)`` (None: all experts, no router call)."""
+    def forward_selected(self, x: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, DispatchCount]:
+        """The MLP on x [..., D] with the experts ``select(h [T, D]) -> mask [T, E]`` chooses (None: all
+        experts), summed with weight 1 (§3.5); and what ran."""
         h = x.reshape(-1, x.shape[-1])  # [T, D]
-        if rule is None:
+        if select is None:
             mask = torch.ones(h.shape[0], self.num_experts, dtype=torch.bool, device=h.device)  # [T, E]
         else:
-            mask = rule(self.probabilities(h))  # [T, E]
-        out, count = grouped_dispatch(h, mask, self.experts)  # experts summed with weight 1
-        self.stats.add(count)
+            mask = select(h)  # [T, E]
+        out, count = grouped_dispatch(h, mask, self.experts)
         if self.down_bias is not None:
             out = out + self.down_bias
-        return out.view_as(x)
+        return out.view_as(x), count
+
+    def forward_routed(self, x: torch.Tensor, rule: Rule | None) -> torch.Tensor:
+        """The MLP on x [..., D] with experts chosen by ``rule(P)`` of the attached router (None: all experts)."""
+        out, count = self.forward_selected(x, None if rule is None else lambda h: rule(self.probabilities(h)))
+        self.stats.add(count)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_routed(x, None)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimbench.errors import ConfigError
+from slimbench.hooks import FunctionHook
 from slimbench.models.adapters import Adapter, get_path
 from slimbench.moe.dispatch import SlicedExperts
 from slimbench.moe.routing import normalise_mass
@@ -205,13 +206,14 @@ class FFNInputs:
         self.parts: list[torch.Tensor] = []
         self.count = 0
 
-    def attach(self, block: nn.Module, adapter: Adapter) -> list:
+    def attach(self, block: nn.Module, adapter: Adapter, hooks) -> None:
         mlp = get_path(block, adapter.mlp)
         self.hooked = [mlp]
-        return [mlp.register_forward_pre_hook(self._hook)]
+        hooks.add(f"moe/ffn-inputs/{id(self)}", mlp, FunctionHook(pre=self._observe))
 
-    def _hook(self, module, args) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1])  # [T, D]
+    def _observe(self, module, args, kwargs) -> None:
+        inp = args[0] if args else next(iter(kwargs.values()))
+        x = inp.detach().reshape(-1, inp.shape[-1])  # [T, D]
         room = x.shape[0] if self.max_tokens is None else max(0, self.max_tokens - self.count)
         if room:
             self.parts.append(x[:room].cpu().clone())

@@ -1,0 +1,1 @@
+"""Mixture-of-experts routing methods (runtime: hooks that choose each token's experts)."""
