@@ -51,6 +51,11 @@ CONTRACT = {
     "shortgpt": Contract(overrides=("method.drop_n=1",)),
     "numerical_pruning": Contract(overrides=("method.ratio=0.3", "method.ratio_of=params")),
     "flap": Contract(model="tiny-gemma3", overrides=("method.ratio=0.3",)),
+    # runtime methods of diffusion models: hooks only, removable
+    "fora": Contract(model="tiny-dit", changes_weights=False),
+    "first_block_cache": Contract(model="tiny-dit", changes_weights=False),
+    "lazydit": Contract(model="tiny-dit", changes_weights=False,
+                        overrides=("method.steps=4", "method.train_steps=2", "method.batch_size=2", "method.images=2")),
 }
 
 
@@ -60,6 +65,13 @@ def _measured_params(model):
     inside = {id(t) for m in packed for t in list(m.parameters()) + list(m.buffers())}
     plain = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in inside)
     return plain + sum(m.storage_stats()[0] for m in packed)
+
+
+def _output(bundle):
+    """The model's output on its kind's seeded example inputs."""
+    inputs = bundle.io.example_inputs(bundle.model, 2, 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bundle.io.forward(bundle.model, inputs)
 
 
 def _method_from_preset(name, overrides):
@@ -129,10 +141,7 @@ def test_method_contract(name, tiny_bundle, text_dir):
         return bundle, before, report
 
     bundle, before, report = run_once()
-    ids = bundle.tokenizer("The quick brown fox", return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = bundle.model(ids).logits
-    assert torch.isfinite(logits).all()
+    assert torch.isfinite(_output(bundle)).all()
 
     after = bundle.model.state_dict()
     changed = any(k not in after or not torch.equal(before[k], after[k]) for k in before)
@@ -143,12 +152,20 @@ def test_method_contract(name, tiny_bundle, text_dir):
         assert report.sparsity == pytest.approx(contract.sparsity, abs=0.01)
     assert report.params_after == _measured_params(bundle.model)
     assert report.bytes_after == _stored_bytes(bundle.model)
-    assert report.baseline == (not contract.changes_weights)
+    assert report.baseline == (not contract.changes_weights and cls.sort == "weight")
     stage = report.stages[0]
     assert stage.method == name and (stage.layers or not contract.changes_weights)
     for layer in stage.layers:  # typed per-layer reports, measured by the harness
         assert layer.params_before and layer.params_after is not None and layer.change
         assert layer.params_after <= layer.params_before or layer.change == "quantized"
+
+    # runtime methods: named hooks, and removing them restores the outputs bitwise
+    assert stage.hooks == bundle.hooks.names() and bool(stage.hooks) == (cls.sort == "runtime")
+    if cls.sort == "runtime":
+        bundle.hooks.remove_all()
+        dense = tiny_bundle(contract.model)
+        assert torch.equal(_output(bundle), _output(dense))
+        bundle.hooks.reset_state()
 
     # seeded determinism
     bundle2, _, _ = run_once()
