@@ -143,6 +143,18 @@ def _image_spec(bundle) -> ImageSpec:
     return ImageSpec((arch.channels, arch.img_size, arch.img_size), arch.num_classes, arch.num_classes)
 
 
+_REFERENCE_STATS: dict[str, FeatureStats] = {}  # per process: rows of a sweep share the held-out statistics
+
+
+def _reference_stats(extractor, halves, data_fingerprint: dict) -> FeatureStats:
+    import json
+
+    key = json.dumps([extractor.fingerprint(), data_fingerprint, halves.split_seed], sort_keys=True, default=str)
+    if key not in _REFERENCE_STATS:
+        _REFERENCE_STATS[key] = feature_stats(extractor.features(halves.heldout_images))
+    return _REFERENCE_STATS[key]
+
+
 @EVALUATORS.register("fid")
 class FID:
     name = "fid"
@@ -167,7 +179,7 @@ class FID:
         ref = getattr(self, "_ref", None) or resolve_mnist_test(ctx.data_dir)
         halves = split_halves(ref)
         self.extractor.prepare(halves, ref.fingerprint(), ctx)
-        reference = feature_stats(self.extractor.features(halves.heldout_images))
+        reference = _reference_stats(self.extractor, halves, ref.fingerprint())
 
         seed = ctx.seed if cfg.seed is None else cfg.seed
         labels = torch.arange(cfg.num_samples) % spec.num_classes
