@@ -149,7 +149,9 @@ _REFERENCE_STATS: dict[str, FeatureStats] = {}  # per process: rows of a sweep s
 def _reference_stats(extractor, halves, data_fingerprint: dict) -> FeatureStats:
     import json
 
-    key = json.dumps([extractor.fingerprint(), data_fingerprint, halves.split_seed], sort_keys=True, default=str)
+    images = halves.heldout_images
+    key = json.dumps([extractor.fingerprint(), data_fingerprint, halves.split_seed, list(images.shape), float(images.double().sum())],
+                     sort_keys=True, default=str)
     if key not in _REFERENCE_STATS:
         _REFERENCE_STATS[key] = feature_stats(extractor.features(halves.heldout_images))
     return _REFERENCE_STATS[key]
