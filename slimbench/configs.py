@@ -99,7 +99,10 @@ def build_dataclass(cls: type[T], params: dict, owner: str, what: str = "paramet
     try:
         return cls(**values)
     except ConfigError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
+        message = str(exc)
+        if keyed and owner and message.split(" ", 1)[0] in names:  # "nsamples must be ..." -> "calib.nsamples must be ..."
+            message = f"{owner}.{message}"
+        raise ConfigError(f"{prefix}{message}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix}{exc}") from None
 

@@ -88,7 +88,7 @@ CASES: list[Case] = [
     _c("method", "pipeline-one-stage", "pipeline=[wanda]", "at least two stages"),
     _c("method", "pipeline-unknown-stage", "pipeline=[wanda,gptqq]", "unknown method 'gptqq'", "did you mean 'gptq'"),
     _c("method", "pipeline-stage-param", "pipeline=[wanda,gptq] method.1.sym=no", "sym must be true or false, got 'no'"),
-    _c("method", "pipeline-preset-unknown", "pipeline=wanda24", "unknown pipeline 'wanda24'", "did you mean 'wanda24-gptq4'"),
+    _c("method", "pipeline-preset-unknown", "pipeline=wanda24-gptq", "unknown pipeline 'wanda24-gptq'", "did you mean 'wanda24-gptq4'"),
     # -- model ----------------------------------------------------------------------------------
     _c("model", "unknown-model", "model=nomodel", "unknown model 'nomodel'"),
     _c("model", "hf-no-id", "model=hf", "model.id"),
@@ -114,7 +114,7 @@ CASES: list[Case] = [
     _c("eval", "eval-unknown", "eval=nope", "unknown eval 'nope'"),
     _c("eval", "ppl-seqlen-above-context", "eval.evaluators.perplexity.seqlen=4096", "exceeds the model's context (max_position_embeddings 2048)"),
     _c("eval", "ppl-seqlen-1", "eval.evaluators.perplexity.seqlen=1", "seqlen must be >= 2"),
-    _c("eval", "ppl-max-windows-0", "eval.evaluators.perplexity.max_windows=0", "max_windows must be >= 1"),
+    _c("eval", "ppl-max-windows-0", "eval.evaluators.perplexity.max_windows=0", "max_windows must be null or >= 1, got 0"),
     _c("eval", "ppl-max-windows-string", "eval.evaluators.perplexity.max_windows=abc", "max_windows must be an integer, got 'abc'"),
     _c("eval", "ppl-batch-float", "eval.evaluators.perplexity.batch_size=1.5", "batch_size must be an integer, got 1.5"),
     _c("eval", "ppl-dataset-unknown", "eval.evaluators.perplexity.dataset=c4", "unknown corpus 'c4'"),
@@ -124,7 +124,7 @@ CASES: list[Case] = [
     _c("eval", "latency-warmup-negative", "eval.evaluators.latency.warmup=-1", "warmup must be >= 0"),
     _c("eval", "latency-prompt-above-context", "eval.evaluators.latency.prompt_len=4096", "exceeds the model's context (max_position_embeddings 2048)"),
     _c("eval", "evaluator-unknown", "+eval.evaluators.bleu={}", "unknown evaluator 'bleu'"),
-    _c("eval", "zeroshot-limit-0", "eval=zeroshot-quick eval.evaluators.zeroshot.limit=0", "limit must be an integer >= 1"),
+    _c("eval", "zeroshot-limit-0", "eval=zeroshot-quick eval.evaluators.zeroshot.limit=0", "limit must be null or >= 1, got 0"),
     # -- calib ----------------------------------------------------------------------------------
     _c("calib", "calib-unknown", "calib=nope", "unknown calib 'nope'"),
     _c("calib", "nsamples-string", "method=wanda calib.nsamples=abc", "calib.nsamples must be an integer, got 'abc'"),
@@ -138,7 +138,7 @@ CASES: list[Case] = [
     _c("calib", "trajectory-for-text", "method=wanda calib=dit-trajectory", "diffusion"),
     # -- tracker --------------------------------------------------------------------------------
     _c("tracker", "tracker-unknown", "tracker=nope", "unknown tracker 'nope'"),
-    _c("tracker", "wandb-mode", "tracker=wandb tracker.mode=foo", "tracker.mode must be offline, online or disabled"),
+    _c("tracker", "wandb-mode", "tracker=wandb tracker.mode=foo", "mode must be one of 'offline', 'online', 'disabled', got 'foo'"),
     _c("tracker", "wandb-param-typo", "tracker=wandb tracker.projet=x", "unknown parameter 'projet'", "did you mean 'project'"),
     _c("tracker", "wandb-project-list", "tracker=wandb tracker.project=[a,b]", "project must be a string"),
     # -- top level ------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class _RecordingTracker:
     def start(self, **kwargs):
         self.calls.append("start")
 
-    def log_record(self, record):
+    def log_record(self, record, **kwargs):
         self.calls.append(("log", record.status))
 
     def finish(self, ok):

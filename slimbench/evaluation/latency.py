@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from slimbench._system import measure_peak_rss
+from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EVALUATORS, EvalContext, EvalResult, Metric
 from slimbench.evaluation.size import Footprint, footprint
 from slimbench.params import check_params, param
