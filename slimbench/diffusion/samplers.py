@@ -255,7 +255,7 @@ def _batches(labels: torch.Tensor, image_shape: tuple[int, ...], seed: int, batc
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, labels.numel(), batch_size):
         y = labels[start : start + batch_size]
-        yield y, torch.randn((y.numel(), *image_shape), generator=generator), generator
+        yield y, torch.randn((y.numel(), *image_shape), generator=generator, device="cpu"), generator
 
 
 def sample(

@@ -138,7 +138,7 @@ class DiTIO:
 
         arch = model.config
         config = SamplerConfig(name="ddim", steps=steps, schedule=self.schedule)
-        labels = torch.arange(images) % arch.num_classes
+        labels = torch.arange(images, device="cpu") % arch.num_classes
         calls = trajectory(lambda x, t, y: self.denoise(model, x, t, y), config, labels,
                            (arch.channels, arch.img_size, arch.img_size), seed=seed, batch_size=images,
                            device=model_device(model), on_batch_start=HookRegistry.of(model).reset_state)

@@ -12,10 +12,7 @@ Fréchet distance between the Gaussian statistics of those features. Interface:
 * ``report() -> dict``: facts for the record's details (e.g. the classifier's training time).
 """
 
-from slimbench.registry import Registry
-
-FEATURES: Registry[type] = Registry("feature extractor")
-
-from slimbench.evaluation.features import inception, mnist_clf  # noqa: E402,F401  (registration)
+from slimbench.evaluation.features import inception, mnist_clf  # noqa: F401  (registration)
+from slimbench.evaluation.features.registry import FEATURES
 
 __all__ = ["FEATURES"]

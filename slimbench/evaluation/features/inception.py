@@ -32,7 +32,7 @@ from torch import nn
 
 from slimbench.errors import ConfigError
 from slimbench.evaluation.base import EvalContext
-from slimbench.evaluation.features import FEATURES
+from slimbench.evaluation.features.registry import FEATURES
 
 log = logging.getLogger(__name__)
 

@@ -76,9 +76,9 @@ class LazyGate(BranchCache):
     """One branch's gates [S, D] and cache. ``mode``: sample (§2.2), fill (compute, cache),
     full (compute, cache untouched), soft (training blend; scores kept for the penalty)."""
 
-    def __init__(self, steps: int, dim: int, threshold: float) -> None:
+    def __init__(self, steps: int, dim: int, threshold: float, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(steps, dim))  # [S, D]
+        self.weight = nn.Parameter(torch.zeros(steps, dim, device=device))  # [S, D]
         self.threshold = threshold
         self.mode = "sample"
         self.scores: torch.Tensor | None = None  # [B], soft mode
@@ -113,6 +113,10 @@ class LazyDiT(MethodBase):
         check_branches(adapter, self.name)
 
     def apply(self, bundle, calib) -> MethodResult:
+        with torch.device(next(bundle.model.parameters()).device):  # the schedules' tensors where the model is
+            return self._apply(bundle)
+
+    def _apply(self, bundle) -> MethodResult:
         cfg = self.config
         start = time.perf_counter()
         pool = _trajectory_pool(bundle, cfg)
@@ -140,11 +144,8 @@ class LazyDiT(MethodBase):
     def _install(self, bundle) -> dict[str, LazyGate]:
         dim = getattr(bundle.model.config, bundle.adapter.hidden_attr)
         device = next(bundle.model.parameters()).device
-        gates = {}
-        for name, module in branches(bundle):
-            gates[name] = bundle.hooks.add(f"lazydit/{name}", module, LazyGate(self.config.steps, dim, self.config.threshold))
-            gates[name].weight.data = gates[name].weight.data.to(device)
-        return gates
+        return {name: bundle.hooks.add(f"lazydit/{name}", module, LazyGate(self.config.steps, dim, self.config.threshold, device))
+                for name, module in branches(bundle)}
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ def _train(bundle, gates: dict[str, LazyGate], pool: _Pool, cfg: LazyDiTConfig, 
     losses = []
     try:
         for _ in range(cfg.train_steps):
-            t = 2 * int(torch.randint(0, S // 2, (1,), generator=gen)) + 1  # odd chain index: the full step
-            rows = torch.randperm(pool.y.numel(), generator=gen)[: cfg.batch_size]
+            t = 2 * int(torch.randint(0, S // 2, (1,), generator=gen, device="cpu")) + 1  # odd chain index: the full step
+            rows = torch.randperm(pool.y.numel(), generator=gen, device="cpu")[: cfg.batch_size]
             y = _drop_labels(pool.y[rows], cfg, gen).to(device)
             x_t, x_next = pool.x[S - 1 - t, rows].to(device), pool.x[S - t, rows].to(device)  # chain t, t-1
             loss = _lazy_loss(io, model, gates, x_t, x_next, y, t, pool.timesteps, S, rho)
@@ -222,7 +223,7 @@ def _lazy_loss(io, model, gates, x_t, x_next, y, t: int, timesteps: list[int], S
 def _drop_labels(y: torch.Tensor, cfg: LazyDiTConfig, gen: torch.Generator) -> torch.Tensor:
     if cfg.null_class is None:
         return y
-    drop = torch.rand(y.shape, generator=gen) < 0.1
+    drop = torch.rand(y.shape, generator=gen, device="cpu") < 0.1
     return torch.where(drop, torch.full_like(y, cfg.null_class), y)
 
 
@@ -230,7 +231,7 @@ def _probe_ratio(bundle, gates: dict[str, LazyGate], cfg: LazyDiTConfig) -> floa
     """Lazy ratio of a seeded sampling run of ``probe_images`` images with the trained gates."""
     before = _counts(gates)
     arch = bundle.model.config
-    labels = torch.arange(cfg.probe_images) % arch.num_classes
+    labels = torch.arange(cfg.probe_images, device="cpu") % arch.num_classes
     sample(lambda x, t, y: bundle.io.denoise(bundle.model, x, t, y), SamplerConfig(name="ddim", steps=cfg.steps, schedule=bundle.io.schedule),
            labels, (arch.channels, arch.img_size, arch.img_size), seed=cfg.seed + 1, batch_size=cfg.probe_images,
            device=next(bundle.model.parameters()).device, on_batch_start=bundle.hooks.reset_state)
