@@ -149,3 +149,13 @@ def test_bad_fora_config(bad):
 def test_bad_lazydit_config(bad):
     with pytest.raises(ConfigError):
         LazyDiTConfig(**bad)
+
+
+@pytest.mark.slow  # two trainings and probes: ~11 s on the loaded 2-core machine
+def test_lazy_target_picks_the_rho_whose_measured_ratio_is_closest(tiny_bundle):
+    bundle = tiny_bundle("tiny-dit")
+    config = LazyDiTConfig(steps=4, target=0.0, rho_grid=(10.0, 0.0), train_steps=10, batch_size=2, images=4, lr=1e-2, probe_images=2)
+    details = compress(LazyDiT(config), bundle, None).stages[0].details
+    ratios = {r["rho"]: r["probe_lazy_ratio"] for r in details["sweep"]}
+    assert set(ratios) == {10.0, 0.0} and ratios[0.0] < ratios[10.0]  # a strong penalty skips more
+    assert details["rho"] == 0.0
