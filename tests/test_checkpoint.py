@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from slimbench.checkpoint import _doc_sha256, load_pretrained, read_manifest, save_pretrained
+from slimbench.configs import config_to_dict
 from slimbench.errors import CheckpointError
 from slimbench.methods import METHODS
 from slimbench.methods.quant.rtn import RTN, RTNConfig
@@ -29,6 +30,8 @@ FORMATS = {
     "svd": "slimbench", "fwsvd": "slimbench", "asvd": "slimbench", "svd_llm": "slimbench", "attn_drop": "slimbench",
     "mlp_drop": "slimbench", "joint_drop": "slimbench", "numerical_pruning": "slimbench", "flap": "slimbench",
     "moe_topk": "slimbench", "moe_topp": "slimbench",  # runtime hooks (and unfused experts)
+    # runtime hooks are no weights: the slimbench format records the stage and installs it again at load
+    "fora": "slimbench", "first_block_cache": "slimbench", "lazydit": "slimbench",
 }
 DIT_METHODS = ("dense", "magnitude", "rtn", "svd")  # the methods that support diffusion models, on the tiny DiT
 RELOAD = """
@@ -106,7 +109,7 @@ def saved(tmp_path_factory):
         calib = _calibration(bundle, FIXTURE_DATA_DIR) if cls.requires_calibration else None
         compress(method, bundle, calib)
         directory = root / key
-        out[key] = save_pretrained(bundle, directory, stages=[{"name": name, "config": {}}])
+        out[key] = save_pretrained(bundle, directory, stages=[{"name": name, "config": config_to_dict(method.config)}])
         probe(bundle, directory)
     return out
 

@@ -95,7 +95,8 @@ def test_increase_over_dense_and_the_much_less_operator():
 def test_published_numbers_say_why_they_cannot_be_checked_or_give_the_delta():
     store = STORE[:4]
     assert check([_claim(model="llama-7b")], store)[0].why == "model llama-7b is not available here (the store holds: m)"
-    assert check([_claim(setting={"method": "lazydit"})], store)[0].why == "method lazydit is not implemented in this slimbench"
+    assert check([_claim(setting={"method": "learning_to_cache"})], store)[0].why == \
+        "method learning_to_cache is not implemented in this slimbench"
     verdict = check([_claim(protocol={"perplexity.seqlen": 4096, "calibration.dataset": "c4"})], store)[0]
     assert verdict.status == NOT_CHECKABLE
     assert verdict.why == "protocol differs: calibration.dataset (claim c4, store wikitext2); perplexity.seqlen (claim 4096, store 2048)"

@@ -21,6 +21,15 @@ DEEP_TINY = ("model=tiny-llama", "model.config.num_hidden_layers=6")
 TINY_FOR = {"moe_topk": ("model=tiny-moe",), "moe_topp": ("model=tiny-moe",)}
 
 
+def _tiny_for(group: str, option: str) -> tuple[str, ...]:
+    """The tiny model a preset is validated on: TINY_FOR, tiny-dit for methods of diffusion models only, else DEEP_TINY."""
+    if option in TINY_FOR:
+        return TINY_FOR[option]
+    if group == "method" and "causal_lm" not in METHODS.get(OmegaConf.load(CONF_DIR / "method" / f"{option}.yaml").name).kinds:
+        return ("model=tiny-dit",)
+    return DEEP_TINY
+
+
 METHOD_PRESETS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem != PIPELINE_PLACEHOLDER)
 
 
@@ -55,13 +64,13 @@ def test_every_config_composes_and_validates(group, option, compose):
         if (group, option) not in EXTRA:  # every value the preset sets is in the node (presets may extend another)
             assert _leaves(content) <= _leaves(node), sorted(_leaves(content) - _leaves(node))
     if group in ("method", "pipeline", "calib") and option != "dit-trajectory":
-        plan = plan_run(compose(*TINY_FOR.get(option, DEEP_TINY), f"{group}={option}"))
+        plan = plan_run(compose(*_tiny_for(group, option), f"{group}={option}"))
         assert plan.stages and plan.evaluators
 
 
 @pytest.mark.parametrize("method", METHOD_PRESETS)
 def test_every_method_preset_validates(compose, method):
-    plan = plan_run(compose(*TINY_FOR.get(method, DEEP_TINY), f"method={method}"))
+    plan = plan_run(compose(*_tiny_for("method", method), f"method={method}"))
     assert [s.name for s in plan.stages] == [method]
 
 

@@ -164,7 +164,7 @@ def test_bad_fid_config_is_a_config_error(params, message):
     [
         (("model=tiny-llama", "eval=fid-quick"), "evaluator 'fid' does not support causal_lm models"),
         (("model=tiny-dit", "eval=fid-quick", "eval.evaluators.fid.sampler.steps=0"),
-         "evaluator fid: sampler: steps must be an integer >= 1"),
+         "evaluator fid: sampler.steps must be an integer >= 1"),
         (("model=tiny-dit", "eval=fid-quick", "eval.evaluators.fid.sampler.guidance=4.0"),
          "guidance 4.0 needs a null_class"),
         (("model=tiny-dit", "eval=fid-quick", "eval.evaluators.fid.extractor=inception",
@@ -173,7 +173,7 @@ def test_bad_fid_config_is_a_config_error(params, message):
 )
 def test_bad_fid_input_fails_before_weights_load(compose, overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
-        plan_run(compose(*overrides))
+        plan_run(compose(*overrides, real_data=True))  # the MNIST files exist: the error is the one named
     assert "\n" not in str(info.value)
 
 
@@ -201,25 +201,41 @@ def test_fid_evaluator_runs_end_to_end_on_a_tiny_dit(compose, monkeypatch, halve
     monkeypatch.setattr(fid_module, "split_halves", lambda ref: _small_halves(halves))  # 600 + 600 images
     cfg = compose("model=tiny-dit", "model.config.img_size=28", "eval=fid-quick", "eval.evaluators.fid.num_samples=40",
                   "eval.evaluators.fid.batch_size=16", "eval.evaluators.fid.sampler.steps=3",
-                  "eval.evaluators.fid.real_floor=true")
+                  "eval.evaluators.fid.real_floor=true", real_data=True)
     outcome = run_experiment(cfg)
-    assert outcome.status == "ok", outcome.record.get("error")
-    metrics = {m["name"]: m["value"] for m in outcome.record["metrics"] if m["evaluator"] == "fid"}
+    assert outcome.status == "ok", outcome.record.error
+    record = outcome.record.to_dict()
+    metrics = {m["name"]: m["value"] for m in record["metrics"] if m["evaluator"] == "fid"}
     assert metrics["fid_mnist_clf"] > 0 and metrics["sample_ms_per_image"] > 0
     assert metrics["macs_per_image"] == 3 * dit_macs_per_forward(cfg["model"]["config"])  # 3 steps, no guidance
-    protocol = outcome.record["protocol"]["fid"]
+    protocol = record["protocols"]["fid"]
     assert protocol["num_samples"] == 40 and protocol["seed"] == 0 and protocol["sampler"]["steps"] == 3
     assert protocol["sampler"]["name"] == "ddim" and protocol["sampler"]["eta"] == 0.0 and protocol["guidance"] == 1.0
     assert protocol["extractor"]["name"] == "mnist_clf" and len(protocol["extractor"]["weights_sha256"]) == 64
     assert protocol["reference"]["count"] == 600 and protocol["reference"]["images_sha256"]
     # the FID of random-weight samples is far above the real-vs-real floor
-    assert outcome.record["artifacts"]["fid"]["fid_real_floor_train_vs_heldout"] < metrics["fid_mnist_clf"]
+    assert record["artifacts"]["fid"]["fid_real_floor_train_vs_heldout"] < metrics["fid_mnist_clf"]
     assert list((Path(cfg["paths"]["cache_dir"]) / "fid").glob("mnist_clf-*.safetensors"))
+
+
+def test_fid_counts_the_computations_a_step_cache_skipped(compose, monkeypatch, halves):
+    monkeypatch.setattr(MnistClassifierFeatures, "recipe", TINY_RECIPE)
+    monkeypatch.setattr(fid_module, "split_halves", lambda ref: _small_halves(halves))
+    cfg = compose("model=tiny-dit", "model.config.img_size=28", "eval=fid-quick", "eval.evaluators.fid.num_samples=20",
+                  "eval.evaluators.fid.batch_size=10", "eval.evaluators.fid.sampler.steps=4", "method=fora", "method.interval=2", real_data=True)
+    outcome = run_experiment(cfg)
+    assert outcome.status == "ok", outcome.record.error
+    record = outcome.record.to_dict()
+    metrics = {m["name"]: m["value"] for m in record["metrics"] if m["evaluator"] == "fid"}
+    # chain i = 3, 2, 1, 0: FORA N = 2 computes at 3 (first), 2 and 0, skips at 1: a quarter of every branch's calls
+    assert metrics["skipped_pct"] == 25.0
+    assert record["artifacts"]["fid"]["hook_calls"] == {"skipped": 20 * 4, "computed": 20 * 4 * 3}  # 2 blocks x 2 branches
+    assert metrics["macs_per_image"] < 4 * dit_macs_per_forward(cfg["model"]["config"])  # skipped work was not counted
 
 
 def test_fid_on_the_wrong_image_shape_is_a_config_error(compose, monkeypatch):
     monkeypatch.setattr(MnistClassifierFeatures, "recipe", TINY_RECIPE)
-    outcome = run_experiment(compose("model=tiny-dit", "eval=fid-quick"))  # 8x8 images
+    outcome = run_experiment(compose("model=tiny-dit", "eval=fid-quick", real_data=True))  # 8x8 images
     assert outcome.status == "failed"
-    error = next(e for e in outcome.record["evaluator_errors"] if e["evaluator"] == "fid")
+    error = next(e for e in outcome.record.evaluator_errors if e["evaluator"] == "fid")
     assert error["type"] == "ConfigError" and "needs a model of (1, 28, 28) images" in error["message"]

@@ -54,6 +54,11 @@ CONTRACT = {
     # runtime methods: hooks, no weight changes; removing the hooks restores the outputs bitwise
     "moe_topk": Contract(model="tiny-moe", changes_weights=False),  # saved with their preset configs (test_checkpoint)
     "moe_topp": Contract(model="tiny-olmoe", changes_weights=False),
+    # runtime methods of diffusion models: hooks only, removable
+    "fora": Contract(model="tiny-dit", changes_weights=False),
+    "first_block_cache": Contract(model="tiny-dit", changes_weights=False),
+    "lazydit": Contract(model="tiny-dit", changes_weights=False,
+                        overrides=("method.steps=4", "method.train_steps=2", "method.batch_size=2", "method.images=2")),
 }
 
 
@@ -63,6 +68,13 @@ def _measured_params(model):
     inside = {id(t) for m in packed for t in list(m.parameters()) + list(m.buffers())}
     plain = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in inside)
     return plain + sum(m.storage_stats()[0] for m in packed)
+
+
+def _output(bundle):
+    """The model's output on its kind's seeded example inputs."""
+    inputs = bundle.io.example_inputs(bundle.model, 2, 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bundle.io.forward(bundle.model, inputs)
 
 
 def _method_from_preset(name, overrides):
@@ -128,21 +140,12 @@ def test_method_contract(name, tiny_bundle, text_dir):
         bundle = tiny_bundle(contract.model)
         calib = _calibration(bundle, text_dir) if method.requires_calibration else None
         before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
-        ids = bundle.tokenizer("The quick brown fox", return_tensors="pt").input_ids
-        with torch.no_grad():
-            unhooked = bundle.model(ids).logits
+        reference = _output(bundle)  # before compression: what removing a runtime method's hooks must restore
         report = compress(method, bundle, calib)
-        return bundle, before, report, (ids, unhooked)
+        return bundle, before, report, reference
 
-    bundle, before, report, (ids, unhooked) = run_once()
-    with torch.no_grad():
-        logits = bundle.model(ids).logits
-    assert torch.isfinite(logits).all()
-    if cls.sort == "runtime":  # the record names the hooks; removing them restores the model's outputs bitwise
-        assert report.stages[0].hooks and set(report.stages[0].hooks) == set(bundle.hooks.names())
-        bundle.hooks.remove_all()
-        with torch.no_grad():
-            assert torch.equal(bundle.model(ids).logits, unhooked)
+    bundle, before, report, reference = run_once()
+    assert torch.isfinite(_output(bundle)).all()
 
     after = bundle.model.state_dict()
     changed = any(k not in after or not torch.equal(before[k], after[k]) for k in before)
@@ -159,6 +162,12 @@ def test_method_contract(name, tiny_bundle, text_dir):
     for layer in stage.layers:  # typed per-layer reports, measured by the harness
         assert layer.params_before and layer.params_after is not None and layer.change
         assert layer.params_after <= layer.params_before or layer.change == "quantized"
+
+    # runtime methods: named hooks, and removing them restores the outputs bitwise
+    assert stage.hooks == bundle.hooks.names() and bool(stage.hooks) == (cls.sort == "runtime")
+    if cls.sort == "runtime":
+        bundle.hooks.remove_all()
+        assert torch.equal(_output(bundle), reference)
 
     # seeded determinism
     bundle2, _, _, _ = run_once()

@@ -1,6 +1,16 @@
 """Diffusion sampling: the training noise schedule, its respacing, DDPM/DDIM samplers."""
 
-from slimbench.diffusion.samplers import SAMPLERS, DenoiserCall, Sampler, SamplerConfig, sample, trajectory
+from slimbench.diffusion.samplers import (
+    SAMPLERS,
+    DenoiserCall,
+    Sampler,
+    SamplerConfig,
+    SamplingStep,
+    current_step,
+    sample,
+    sampling_step,
+    trajectory,
+)
 from slimbench.diffusion.schedule import NoiseSchedule, Respaced, respace
 
 __all__ = [
@@ -10,7 +20,10 @@ __all__ = [
     "Respaced",
     "Sampler",
     "SamplerConfig",
+    "SamplingStep",
+    "current_step",
     "respace",
     "sample",
+    "sampling_step",
     "trajectory",
 ]

@@ -9,7 +9,8 @@ can stand in for it. Per sampling batch:
      reset their caches there);
   2. for chain index i = S-1 .. 0 of the respaced chain (``schedule.respace``), with model
      timestep t_i:
-     - ε = denoise_fn(x, t_i, y); with classifier-free guidance at scale s != 1 the
+     - ε = denoise_fn(x, t_i, y), called inside ``sampling_step(i, S)``: runtime hooks read
+       ``current_step()`` to know where in the chain they are (caches reused across steps); with classifier-free guidance at scale s != 1 the
        conditional and unconditional halves run as one batch [x; x], [y; ∅] and
        ε = ε_∅ + s·(ε_y − ε_∅) (s = 0: unconditional; s = 1: no guidance, one half only);
      - x <- the diffusers scheduler's step on the respaced betas:
@@ -27,6 +28,8 @@ so guidance there is only valid at scale 1 (off); DiT-XL/2's null class is index
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -157,6 +160,36 @@ class DDIM:
         return scheduler.step(eps, index, x, eta=config.effective_eta, generator=generator).prev_sample
 
 
+# -- where a sampling run is (read by runtime hooks) ----------------------------------------------
+@dataclass(frozen=True)
+class SamplingStep:
+    index: int  # chain index i: S-1 at the first (noisiest) step .. 0 at the last
+    steps: int  # S, the chain's length
+
+    @property
+    def order(self) -> int:
+        """0 at the first step of the run, S-1 at the last."""
+        return self.steps - 1 - self.index
+
+
+_CURRENT_STEP: ContextVar[SamplingStep | None] = ContextVar("slimbench_sampling_step", default=None)
+
+
+def current_step() -> SamplingStep | None:
+    """The sampling step of the denoiser call in progress (None outside a sampler)."""
+    return _CURRENT_STEP.get()
+
+
+@contextlib.contextmanager
+def sampling_step(index: int, steps: int) -> Iterator[SamplingStep]:
+    """Denoiser calls inside the block run at chain index ``index`` of an S = ``steps`` chain."""
+    token = _CURRENT_STEP.set(SamplingStep(index, steps))
+    try:
+        yield _CURRENT_STEP.get()
+    finally:
+        _CURRENT_STEP.reset(token)
+
+
 # -- one sampling run ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DenoiserCall:
@@ -185,7 +218,7 @@ class Sampler:
         """Run one batch from x_T = ``noise``; after each step yield (the denoiser's inputs, x)."""
         x = noise  # [B, C, H, W]
         for index in self.scheduler.timesteps.tolist():
-            with torch.no_grad():
+            with torch.no_grad(), sampling_step(index, self.chain.steps):
                 call = self._inputs(x, int(self.chain.timesteps[index]), labels)
                 eps = self._guide(denoise_fn(call.x, call.t, call.y))  # [B, C, H, W]
                 x = self.rule.step(self.scheduler, eps, index, x, generator, self.config)
@@ -222,7 +255,7 @@ def _batches(labels: torch.Tensor, image_shape: tuple[int, ...], seed: int, batc
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, labels.numel(), batch_size):
         y = labels[start : start + batch_size]
-        yield y, torch.randn((y.numel(), *image_shape), generator=generator), generator
+        yield y, torch.randn((y.numel(), *image_shape), generator=generator, device="cpu"), generator
 
 
 def sample(

@@ -28,6 +28,10 @@ without an offset, and no square root of a round-off eigenvalue enters the trace
 noise, ``on_batch_start`` before it) under ``slimbench.evaluation.macs.count_macs``, so the
 MACs that really executed are counted (skipped work is not), apart from the timed run.
 
+Runtime hooks (step caching) are reset (``bundle.hooks.reset_state()``) before every sampling
+batch; where they count skipped and computed calls, ``skipped_pct`` is the share of skipped
+computations in the timed run (counted: a skipped call never ran).
+
 ``real_floor`` adds the FID of the training half against the held-out half (real against
 real: the floor of the metric at n = 5,000; the classifier has seen the training half, so it
 is an optimistic floor) to the details.
@@ -116,8 +120,14 @@ def to_8bit(images: torch.Tensor) -> torch.Tensor:
 
 # -- the evaluator ----------------------------------------------------------------------------------
 def _denoiser(bundle):
-    """The model's ε(x_t, t, y) (the slimbench DiT's forward; bundle.io.denoise in core v2)."""
-    return lambda x, t, y: bundle.model(x, t, y)
+    """The model's ε(x_t, t, y), through the model kind's I/O."""
+    return lambda x, t, y: bundle.io.denoise(bundle.model, x, t, y)
+
+
+def skip_counts(bundle) -> tuple[int, int]:
+    """(skipped, computed) calls counted so far by the runtime hooks that count them."""
+    counters = bundle.hooks.counters().values()
+    return sum(c.get("skipped", 0) for c in counters), sum(c.get("computed", 0) for c in counters)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,20 @@ def _image_spec(bundle) -> ImageSpec:
     """The slimbench DiT's image shape and labels (10 classes, no null class for the MNIST DiT)."""
     arch = bundle.model.config
     return ImageSpec((arch.channels, arch.img_size, arch.img_size), arch.num_classes, arch.num_classes)
+
+
+_REFERENCE_STATS: dict[str, FeatureStats] = {}  # per process: rows of a sweep share the held-out statistics
+
+
+def _reference_stats(extractor, halves, data_fingerprint: dict) -> FeatureStats:
+    import json
+
+    images = halves.heldout_images
+    key = json.dumps([extractor.fingerprint(), data_fingerprint, halves.split_seed, list(images.shape), float(images.double().sum())],
+                     sort_keys=True, default=str)
+    if key not in _REFERENCE_STATS:
+        _REFERENCE_STATS[key] = feature_stats(extractor.features(halves.heldout_images))
+    return _REFERENCE_STATS[key]
 
 
 @EVALUATORS.register("fid")
@@ -157,19 +181,21 @@ class FID:
         ref = getattr(self, "_ref", None) or resolve_mnist_test(ctx.data_dir)
         halves = split_halves(ref)
         self.extractor.prepare(halves, ref.fingerprint(), ctx)
-        reference = feature_stats(self.extractor.features(halves.heldout_images))
+        reference = _reference_stats(self.extractor, halves, ref.fingerprint())
 
         seed = ctx.seed if cfg.seed is None else cfg.seed
         labels = torch.arange(cfg.num_samples) % spec.num_classes
         device = next(bundle.model.parameters()).device
 
         def run(batch_labels: torch.Tensor) -> torch.Tensor:  # on the CPU when it returns: device synchronised
-            return sample(_denoiser(bundle), cfg.sampler, batch_labels, spec.shape, seed=seed,
-                          batch_size=cfg.batch_size, device=device)
+            return sample(_denoiser(bundle), cfg.sampler, batch_labels, spec.shape, seed=seed, batch_size=cfg.batch_size,
+                          device=device, on_batch_start=bundle.hooks.reset_state)  # runtime hooks: caches cleared per batch
 
+        counts_before = skip_counts(bundle)
         start = time.perf_counter()
         images = run(labels)
         sampling_s = time.perf_counter() - start
+        skipped, computed = (after - before for after, before in zip(skip_counts(bundle), counts_before))
         generated = feature_stats(self.extractor.features(to_8bit(images)))
         fid = frechet_distance(generated, reference)
 
@@ -177,11 +203,14 @@ class FID:
             Metric(f"fid_{self.extractor.name}", fid, higher_is_better=False),
             Metric("sample_ms_per_image", 1e3 * sampling_s / cfg.num_samples, higher_is_better=False, unit="ms"),
         ]
+        if skipped + computed:  # runtime hooks that skip computation counted their calls
+            metrics.append(Metric("skipped_pct", 100.0 * skipped / (skipped + computed), unit="%"))
         if cfg.count_macs:
             probe = labels[: cfg.batch_size]
             macs = count_macs(lambda: run(probe))
             metrics.append(Metric("macs_per_image", macs / probe.numel(), higher_is_better=False, unit="MACs"))
-        details = {"sampling_s": round(sampling_s, 3), "extractor": self.extractor.report()}
+        details = {"sampling_s": round(sampling_s, 3), "extractor": self.extractor.report(),
+                   "hook_calls": {"skipped": skipped, "computed": computed}}
         if cfg.real_floor:
             train = feature_stats(self.extractor.features(halves.train_images))
             details["fid_real_floor_train_vs_heldout"] = frechet_distance(train, reference)

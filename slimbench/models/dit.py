@@ -5,7 +5,10 @@ Written from the architecture description in ``shared/models/SOURCES.md`` so tha
 config, is the offline tiny DiT of the tests.
 
 Block: ``y = LN(x)·(1+γ(c)) + β(c)``; ``x += α(c)·Attn(y)``; same again with the FFN. The
-condition is ``c = label_emb(y) + time_emb(t)``.
+condition is ``c = label_emb(y) + time_emb(t)``. Attention (``block.attn``) and the FFN
+(``block.ff``) are modules of their own, so that runtime hooks (LazyDiT, FORA) see exactly the
+modulated input and return the output before the α gate. The original checkpoint stores the
+attention linears flat in the block (``dits.0.wq.weight``); they load into ``dits.0.attn.wq``.
 """
 
 from __future__ import annotations
@@ -56,27 +59,46 @@ class TimeEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)  # [B, emb]
 
 
-class DiTBlock(nn.Module):
-    def __init__(self, cfg: DiTConfig) -> None:
+class Attention(nn.Module):
+    """Multi-head self-attention of a block: q, k, v, output projections."""
+
+    def __init__(self, d: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
-        d, inner = cfg.emb_size, cfg.num_heads * cfg.head_dim
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        for name in ("gamma1", "beta1", "alpha1", "gamma2", "beta2", "alpha2"):
-            setattr(self, name, nn.Linear(d, d))
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        inner = num_heads * head_dim
+        self.num_heads, self.head_dim = num_heads, head_dim
         self.wq, self.wk, self.wv = nn.Linear(d, inner), nn.Linear(d, inner), nn.Linear(d, inner)
         self.lv = nn.Linear(inner, d)
-        self.ff = nn.Sequential(nn.Linear(d, cfg.ffn_size), nn.ReLU(), nn.Linear(cfg.ffn_size, d))
 
-    def attention(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor) -> torch.Tensor:  # y [B, N, D]
         b, n, _ = y.shape
         q, k, v = (w(y).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, Dh], scale 1/sqrt(Dh)
         return self.lv(out.transpose(1, 2).reshape(b, n, -1))
 
+
+_FLAT_ATTENTION_KEYS = ("wq.", "wk.", "wv.", "lv.")
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.emb_size
+        for name in ("gamma1", "beta1", "alpha1", "gamma2", "beta2", "alpha2"):
+            setattr(self, name, nn.Linear(d, d))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.num_heads, cfg.head_dim)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ffn_size), nn.ReLU(), nn.Linear(cfg.ffn_size, d))
+        self._register_load_state_dict_pre_hook(self._nest_flat_attention_keys)
+
+    @staticmethod
+    def _nest_flat_attention_keys(state_dict, prefix, *args) -> None:
+        """The original checkpoint's ``<block>.wq.weight`` is ``<block>.attn.wq.weight`` here."""
+        for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].startswith(_FLAT_ATTENTION_KEYS)]:
+            state_dict[prefix + "attn." + key[len(prefix):]] = state_dict.pop(key)
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # x [B, N, D], cond [B, D]
         y = self.ln1(x) * (1 + self.gamma1(cond).unsqueeze(1)) + self.beta1(cond).unsqueeze(1)
-        x = x + self.alpha1(cond).unsqueeze(1) * self.attention(y)
+        x = x + self.alpha1(cond).unsqueeze(1) * self.attn(y)
         y = self.ln2(x) * (1 + self.gamma2(cond).unsqueeze(1)) + self.beta2(cond).unsqueeze(1)
         return x + self.alpha2(cond).unsqueeze(1) * self.ff(y)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -27,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimbench.diffusion.schedule import NoiseSchedule
+from slimbench.hooks import HookRegistry
 from slimbench.registry import Registry
 
 
@@ -86,19 +87,10 @@ class CausalLMIO:
             return AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
 
 
-@dataclass(frozen=True)
-class DiTSchedule:
-    """The training schedule of a DDPM-trained DiT (the MNIST DiT's: T = 1000, linear betas)."""
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-
 class DiTIO:
     kind: ClassVar[str] = "diffusion"
     calibration_sources: ClassVar[str] = "sampling trajectories"
-    schedule = DiTSchedule()
+    schedule = NoiseSchedule()  # the MNIST DiT's training schedule (T = 1000, linear betas)
 
     def denoise(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x, t, y)  # [B, C, H, W] predicted noise
@@ -139,24 +131,19 @@ class DiTIO:
             return DiT(config).to(dtype)
 
     def trajectory(self, model: nn.Module, images: int, steps: int, seed: int) -> Iterator[dict]:
-        """The denoiser inputs along a deterministic DDIM run (η = 0) of ``images`` images with
-        seeded noise and classes: one sample per step, batch = ``images``."""
-        from diffusers import DDIMScheduler
+        """The denoiser inputs along a deterministic DDIM run (η = 0, ADM respacing) of ``images``
+        images with seeded noise and classes y_i = i mod K: one sample per step, batch = ``images``
+        (``slimbench.diffusion.trajectory``, the run its ``sample`` makes)."""
+        from slimbench.diffusion import SamplerConfig, trajectory
 
-        s = self.schedule
-        scheduler = DDIMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
-                                  beta_schedule="linear", clip_sample=False, set_alpha_to_one=False)
-        scheduler.set_timesteps(steps)
-        arch, device = model.config, model_device(model)
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(images, arch.channels, arch.img_size, arch.img_size, generator=gen, device="cpu")  # host tensors
-        y = torch.randint(0, arch.num_classes, (images,), generator=gen, device="cpu")
-        with torch.no_grad():
-            for t in scheduler.timesteps:
-                tt = torch.full((images,), int(t), dtype=torch.long, device="cpu")
-                yield self.sample(x.clone(), tt, y.clone())
-                eps = self.denoise(model, x.to(device), tt.to(device), y.to(device)).cpu()
-                x = scheduler.step(eps, t, x).prev_sample
+        arch = model.config
+        config = SamplerConfig(name="ddim", steps=steps, schedule=self.schedule)
+        labels = torch.arange(images, device="cpu") % arch.num_classes
+        calls = trajectory(lambda x, t, y: self.denoise(model, x, t, y), config, labels,
+                           (arch.channels, arch.img_size, arch.img_size), seed=seed, batch_size=images,
+                           device=model_device(model), on_batch_start=HookRegistry.of(model).reset_state)
+        for call in calls:
+            yield self.sample(call.x.cpu(), call.t.cpu(), call.y.cpu())  # host tensors
 
 
 def _to(obj: Any, device: torch.device) -> Any:

@@ -1,0 +1,1 @@
+"""Runtime methods for diffusion transformers: computation reused across sampling steps."""
