@@ -46,8 +46,7 @@ from slimbench import statcache
 from slimbench.data.sampler import CalibrationSet
 from slimbench.hooks import FunctionHook, Hook, HookRegistry
 from slimbench.models.adapters import Adapter
-from slimbench.models.bundle import ModelBundle
-from slimbench.models.loaders import path_safe
+from slimbench.models.bundle import ModelBundle, path_safe
 from slimbench.records import stable_hash
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,3 +71,12 @@ class ModelBundle:
         from slimbench.hooks import HookRegistry
 
         return HookRegistry.of(self.model)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def path_safe(name: str) -> str:
+    """``name`` as one file-name component that stays inside its directory (``org/model`` ->
+    ``org_model``, ``../../x`` -> ``_.._x``)."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"

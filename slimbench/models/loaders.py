@@ -18,7 +18,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 
 from slimbench.errors import ConfigError, one_line
 from slimbench.models.adapters import ADAPTERS, adapter_for
-from slimbench.models.bundle import KINDS, ModelBundle, ModelShape, ModelSource
+from slimbench.models.bundle import KINDS, ModelBundle, ModelShape, ModelSource, path_safe
 from slimbench.params import param
 from slimbench.registry import Registry
 
@@ -585,7 +584,6 @@ class MoEfiedLoader:
 
 # --------------------------------------------------------------------------------------------
 COMMON_KEYS = ("name", "kind", "loader", "dtype")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 def check_model_name(name: Any) -> str:
@@ -598,12 +596,6 @@ def check_model_name(name: Any) -> str:
     if any(ord(ch) < 32 for ch in name):
         raise ConfigError(f"model.name {name!r} holds control characters")
     return name
-
-
-def path_safe(name: str) -> str:
-    """``name`` as one file-name component that stays inside its directory (``org/model`` ->
-    ``org_model``, ``../../x`` -> ``_.._x``)."""
-    return _UNSAFE.sub("_", name).lstrip(".") or "_"
 
 
 def resolve_model(model_cfg: dict, ctx: LoadContext) -> tuple[ModelSource, Loader, Any]:
