@@ -362,7 +362,8 @@ def check_relation(claim: Claim, board, by_id: dict) -> Verdict:
         return Verdict(claim, NOT_CHECKABLE, why=_not_implemented(unknown))
     groups = [g for g in board.groups if claim.model in ("any", g.model)]
     if not groups:
-        return Verdict(claim, NOT_CHECKABLE, why=f"model {claim.model} is not in the store")
+        where = "the store holds no runs" if claim.model == "any" else f"model {claim.model} is not in the store"
+        return Verdict(claim, NOT_CHECKABLE, why=where)
     results, lacking = [], set()
     for group in groups:
         cases, missing = _cases(claim, group, by_id)

@@ -81,6 +81,8 @@ def test_a_relation_is_checked_per_matched_case_and_a_failing_case_contradicts_i
     verdict = check([claim], STORE)[0]  # at 2:4 magnitude is better in this store: one case of two fails
     assert verdict.status == CONTRADICTED and verdict.why == "1 of 2 case(s) fail"
     assert "fails: 90 < 60 (delta +30)" in verdict.measured
+    assert check([claim], [])[0].why == "the store holds no runs"  # a claim on any model, an empty store
+    assert check([_claim(relation=RELATION["relation"], model="x")], STORE)[0].why == "model x is not in the store"
 
 
 def test_increase_over_dense_and_the_much_less_operator():
