@@ -233,7 +233,9 @@ def method_cases(data_dir: Path | None, cache_dir: Path) -> list[Case]:
                 *(contract.overrides if contract else ()), *CAUSAL_RUN)
 
     cases = [Case(dtype, n, (*on(n), f"model.dtype={dtype}")) for dtype in ("float32", "bfloat16") for n in names]
-    cases += [Case("tiny-moe (sparse MoE)", n, on(n, "tiny-moe")) for n in names]
+    # structured pruning refuses MoE blocks before loading (experts' channels are not pruned structurally)
+    cases += [Case("tiny-moe (sparse MoE)", n, on(n, "tiny-moe")) for n in names
+              if "causal_lm" in METHODS.get(n).kinds and n not in ("flap", "numerical_pruning")]
     cases += [Case("tiny-dit (diffusion)", n, (f"method={n}", "model=tiny-dit", *CONTRACT[n].overrides, *DIT_RUN))
               for n in names if "diffusion" in METHODS.get(n).kinds]
     cases += [Case("pipeline", p.stem, (f"pipeline={p.stem}", "model=tiny-llama", *CAUSAL_RUN)) for p in sorted((CONF / "pipeline").glob("*.yaml"))]

@@ -90,6 +90,7 @@ CASES: list[Case] = [
     _c("method", "pipeline-stage-param", "pipeline=[wanda,gptq] method.1.sym=no", "sym must be true or false, got 'no'"),
     _c("method", "pipeline-preset-unknown", "pipeline=wanda24-gptq", "unknown pipeline 'wanda24-gptq'", "did you mean 'wanda24-gptq4'"),
     # -- MoE routing ------------------------------------------------------------------------------
+    _c("method", "flap-on-moe", "model=tiny-moe method=flap", "structured pruning of mixture-of-experts MLPs is not supported"),
     _c("method", "topp-p-zero", "model=tiny-moe method=moe_topp method.p=0", "p must be in (0, 1], got 0"),
     _c("method", "topp-p-above-one", "model=tiny-moe method=moe_topp method.p=1.5", "p must be in (0, 1], got 1.5"),
     _c("method", "topk-k-zero", "model=tiny-moe method=moe_topk method.k=0", "k must be >= 1, got 0"),

@@ -50,7 +50,10 @@ class BlockGeometry:
 
 
 def check_structured(adapter: Adapter) -> None:
-    """Raise ConfigError when the family lacks separate q/k/v/o and up/down linears."""
+    """Raise ConfigError when the family lacks separate q/k/v/o and up/down linears (MoE blocks:
+    their experts' channels are not pruned structurally)."""
+    if adapter.moe is not None:
+        raise ConfigError(f"structured pruning of mixture-of-experts MLPs is not supported ({adapter.family} has MoE layers)")
     missing = [r for r in (*ATTN_ROLES, "up", "down") if r not in adapter.linears]
     if missing or adapter.transposed_weights:
         why = f"no linear roles {missing}" if missing else "transposed (Conv1D) weights"
