@@ -44,7 +44,8 @@ from slimbench.moe.dispatch import grouped_dispatch
 from slimbench.moe.metrics import routing_metrics
 from slimbench.run import compress
 
-from quant_kernel_check import resolve_named_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from moe_clustering import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from quant_kernel_check import resolve_named_model  # noqa: E402
 
 
 def perplexity(bundle, args) -> tuple[float, float]:
@@ -84,17 +85,6 @@ def interpolate_topk(topk: list[dict], experts: float) -> float | None:
 
 
 # -- latency ------------------------------------------------------------------------------------------
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def dense_ffn(experts):
     """The dense SwiGLU FFN the experts were sliced from (their rows concatenated: the same function)."""
     cat = lambda part, dim: torch.cat([getattr(e, part).weight for e in experts.experts], dim=dim)  # noqa: E731
