@@ -40,7 +40,7 @@ from slimbench.errors import ConfigError, RunInterrupted
 from slimbench.evaluation import EVALUATORS, EvalContext
 from slimbench.evaluation.size import footprint, module_params
 from slimbench.methods import METHODS
-from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, run_sequential
+from slimbench.methods.base import NO_SPEEDUP_PATHS, Method, check_stage_order, forms_before, run_sequential
 from slimbench.models.adapters import adapter_for
 from slimbench.models.bundle import ModelBundle, ModelShape, ModelSource
 from slimbench.models.io import MODEL_IO
@@ -186,6 +186,8 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     pipeline = len(nodes) > 1
     stages = [_stage(node, i if pipeline else None, lenient_method_params) for i, node in enumerate(nodes)]
     check_stage_order([type(s.method) for s in stages])
+    for stage, forms in zip(stages, forms_before([type(s.method) for s in stages])):
+        stage.method = stage.method.after(forms)  # e.g. GPTQ's preserve_zeros: null = true after pruning
 
     # evaluators
     eval_node = dict(cfg.get("eval") or {})

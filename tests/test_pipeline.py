@@ -162,6 +162,7 @@ def test_a_two_stage_pipeline_writes_one_record_with_both_stages(compose):
     assert outcome.status == "ok", outcome.record.error
     rec = outcome.record
     assert rec.method_name == "wanda+gptq" and [s["name"] for s in rec.stages] == ["wanda", "gptq"]
+    assert rec.stages[1]["config"]["preserve_zeros"] is True  # null resolved: after a pruning stage
     comp = rec.compression
     assert comp.execution_path == "masked-dense+int4-kernel" and comp.speedup_expected
     assert [s.method for s in comp.stages] == ["wanda", "gptq"] and comp.stages[0].fused_with == ["gptq"]  # one engine pass
@@ -172,6 +173,19 @@ def test_a_two_stage_pipeline_writes_one_record_with_both_stages(compose):
     assert all(x.change == "quantized" and x.sparsity >= 0.5 for x in layers.values())
     unfused = run_experiment({**cfg, "fuse_stages": False})
     assert unfused.run_id != outcome.run_id and unfused.record.compression.stages[0].fused_with == []
+
+
+def test_gptq_preserve_zeros_defaults_to_true_only_after_pruning(compose):
+    from slimbench.cli import preflight
+    from slimbench.run import plan_run
+
+    def gptq_config(*overrides):
+        cfg = compose(*preflight(list(overrides)), "model=tiny-llama", *TINY_EVAL)
+        return plan_run(cfg).stages[-1].method.config
+
+    assert gptq_config("method=gptq").preserve_zeros is False  # alone: as the reference, zeros are quantized
+    assert gptq_config("pipeline=[sparsegpt,gptq]").preserve_zeros is True
+    assert gptq_config("pipeline=[wanda,gptq]", "method.1.preserve_zeros=false").preserve_zeros is False  # explicit wins
 
 
 def test_low_rank_then_quantization_quantizes_the_factors(compose):

@@ -119,6 +119,8 @@ class Method(Protocol):
     def check(self, adapter: Adapter) -> None:
         """Pre-load structural check (e.g. required linear roles); raise ConfigError."""
 
+    def after(self, forms: frozenset) -> Any: ...
+
     def check_shape(self, shape: ModelShape) -> None:
         """Pre-load check against the sizes the model's config states (e.g. how many blocks
         there are to drop); fields may be None (unknown): then nothing is checked."""
@@ -149,6 +151,12 @@ class MethodBase:
 
     def check_shape(self, shape: ModelShape) -> None:
         return None
+
+    def after(self, forms: frozenset) -> "MethodBase":
+        """This method as it runs on a model whose layers have ``forms`` (what the earlier
+        stages of a pipeline produced; ``{"dense"}`` for a single method): settings whose
+        default depends on them are resolved here, before the run's identity is computed."""
+        return self
 
     def plan(self, bundle: ModelBundle, calib: CalibrationSet | None) -> SequentialPlan | None:
         return None
@@ -193,6 +201,15 @@ def register_method(name: str, *, config: type, family: str, produces: tuple[str
         return cls
 
     return decorate
+
+
+def forms_before(stages: list[type]) -> list[frozenset]:
+    """The forms of the model's layers each stage meets (``{"dense"}`` for the first)."""
+    out, forms = [], frozenset({"dense"})
+    for cls in stages:
+        out.append(forms)
+        forms = forms | cls.produces
+    return out
 
 
 def check_stage_order(stages: list[type]) -> None:
