@@ -133,8 +133,18 @@ def main() -> None:
     parser.add_argument("--crossover-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--leaderboard", type=Path, help="rewrite this quant table's latency columns with the rows measured here")
+    parser.add_argument("--from-json", type=Path, help="measure nothing: rebuild the table (and --leaderboard) from this run's JSON "
+                        "with the current CPU_PREFILL_ROWS choosing each format's path")
     args = parser.parse_args()
     config = LatencyConfig(prompt_len=128, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        rows = [(r["format"], r["stands_for"], r["path"], r) for r in saved["rows"]]
+        crossovers = {k: (v["layout"], {int(r): tuple(t) for r, t in v["ms"].items()}, v["rows"]) for k, v in saved["crossover"].items()}
+        write(rows, crossovers, config, args, measured_on=saved.get("measured_on"))
+        if args.leaderboard:
+            update_leaderboard(args.leaderboard, rows, crossovers, args, measured_on=saved.get("measured_on"))
+        return
     source, loader, cfg, ctx = resolve_named_model(args.model)
     dense = loader.load(source, cfg, ctx)
     variants = [("dense fp32", "-", "dense", dense, "code")]  # (label, stands for, path, bundle, prefill_rows)
@@ -160,11 +170,19 @@ def main() -> None:
     rows = [(v[0], v[1], v[2], m) for v, m in zip(variants, interleaved(variants, config))]
     write(rows, crossovers, config, args)
     if args.leaderboard:
-        update_leaderboard(args.leaderboard, rows, args)
+        update_leaderboard(args.leaderboard, rows, crossovers, args)
 
 
 LATENCY_COLUMNS = ("prefill ms", "decode tok/s", "prefill × dense", "decode × dense")
-PATH_NOW = {"kernel for every size (before)": False, "prefill by dequantize + bf16 GEMM": True}  # the path the code takes at 128 rows
+DEQUANTIZES = {"kernel for every size (before)": False, "prefill by dequantize + bf16 GEMM": True}  # the two measured paths
+
+
+def taken_now(label: str, path: str, crossovers: dict, prompt_len: int) -> bool:
+    """Whether the code takes this measured path at ``prompt_len`` rows (formats measured one way: always)."""
+    if path not in DEQUANTIZES:
+        return True
+    threshold = CPU_PREFILL_ROWS.get(crossovers[label][0])
+    return DEQUANTIZES[path] == (threshold is not None and threshold <= prompt_len)
 
 
 def leaderboard_format(method: str, config: str) -> str | None:
@@ -180,17 +198,19 @@ def leaderboard_format(method: str, config: str) -> str | None:
             ("3", "128"): "int3 g128 (simulated)"}.get((params.get("bits"), params.get("group_size")))
 
 
-def update_leaderboard(path: Path, rows, args) -> None:
+NOTE_START = "Latency columns (prefill ms, decode tok/s, × dense) re-measured"
+
+
+def update_leaderboard(path: Path, rows, crossovers, args, measured_on: str | None = None) -> None:
     """Replace the latency columns of every row of the table whose format was measured here (the
-    path the code takes now: the dequantizing prefill where the layout has a threshold <= 128 rows),
-    and add a note saying where the numbers come from; other rows keep their numbers (marked)."""
-    measured = {}
-    for label, _, path_taken, m in rows:
-        if path_taken in PATH_NOW and not PATH_NOW[path_taken]:
-            continue  # the 'before' row
-        measured[label] = m
+    path the code takes now at the 128-token prompt, by ``CPU_PREFILL_ROWS``), and add a note
+    saying where the numbers come from (replacing an earlier one); other rows keep their record's
+    numbers (marked †)."""
+    measured = {label: m for label, _, taken, m in rows if taken_now(label, taken, crossovers, 128)}
     base = measured["dense fp32"]
-    lines = path.read_text().splitlines()
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(NOTE_START)]
+    while lines and not lines[-1].strip():
+        lines.pop()
     header = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
     cols = [c.strip() for c in lines[header].strip("|").split("|")]
     idx = {c: cols.index(c) for c in ("method", "config", *LATENCY_COLUMNS)}
@@ -202,7 +222,7 @@ def update_leaderboard(path: Path, rows, args) -> None:
         fmt = leaderboard_format(cells[idx["method"]], cells[idx["config"]])
         if fmt not in measured:
             kept.append(cells[idx["method"]])
-            cells[idx["prefill ms"]] += "†"
+            cells[idx["prefill ms"]] = cells[idx["prefill ms"]].rstrip("†") + "†"
         else:
             m = measured[fmt]
             cells[idx["prefill ms"]] = f"{m['prefill_ms']:.1f}"
@@ -210,7 +230,7 @@ def update_leaderboard(path: Path, rows, args) -> None:
             cells[idx["prefill × dense"]] = f"{base['prefill_ms'] / m['prefill_ms']:.2f}"
             cells[idx["decode × dense"]] = f"{m['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f}"
         lines[i] = "| " + " | ".join(cells) + " |"
-    lines += ["", f"Latency columns (prefill ms, decode tok/s, × dense) re-measured {time.strftime('%Y-%m-%d')} with the prefill path "
+    lines += ["", f"{NOTE_START} {measured_on or time.strftime('%Y-%m-%d')} with the prefill path "
               f"(CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS}) by `benchmarks/quant_latency.py` "
               f"(`{args.out or 'results/benchmarks/quant_latency_smollm2.md'}`): one process, each format measured once with RTN codes "
               "(latency depends on the format, not on the method that chose the codes), the formats interleaved; prompt 128 tokens, "
@@ -220,11 +240,12 @@ def update_leaderboard(path: Path, rows, args) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write(rows, crossovers, config: LatencyConfig, args) -> None:
+def write(rows, crossovers, config: LatencyConfig, args, measured_on: str | None = None) -> None:
     base = rows[0][3]
+    measured_on = measured_on or time.strftime('%Y-%m-%d')
     lines = [f"# Quantized formats on {args.model}: prefill and decode latency (CPU)", "",
              f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}, "
-             f"{time.strftime('%Y-%m-%d')}. One process, one model load; each format quantized with RTN codes from the same "
+             f"{measured_on}. One process, one model load; each format quantized with RTN codes from the same "
              f"dense weights; latency evaluator: prompt {config.prompt_len} tokens, {config.new_tokens} decode tokens (KV cache); "
              f"the rows interleaved, one measurement of each per round: {config.warmup} warm-up rounds, median of {config.repeats}. "
              f"`benchmarks/quant_latency.py`.", "",
@@ -240,13 +261,15 @@ def write(rows, crossovers, config: LatencyConfig, args) -> None:
                   "|---|---|" + "---|" * len(CROSSOVER_ROWS) + "---|"]
         for label, (layout, times, best) in crossovers.items():
             lines.append(f"| {label} | {layout} | " + " | ".join(f"{k:.0f} / {d:.0f}" for k, d in times.values()) + f" | {best} |")
+    taken = [f"{label}: {'dequantize' if DEQUANTIZES[path] else 'kernel'}" for label, _, path, _ in rows
+             if path in DEQUANTIZES and taken_now(label, path, crossovers, config.prompt_len)]
     lines += ["", f"Decode (1 row) always runs torch's kernel. The code dequantizes from CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS} rows on "
-              f"(prefill of {config.prompt_len} rows: the dequantizing row of a format applies where its layout's threshold is <= {config.prompt_len})."]
+              f"(the whole-model crossovers above); at a {config.prompt_len}-token prefill it takes: {'; '.join(taken)}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"rows": [{"format": r[0], "stands_for": r[1], "path": r[2], **r[3]} for r in rows],
+        args.out.with_suffix(".json").write_text(json.dumps({"measured_on": measured_on, "rows": [{"format": r[0], "stands_for": r[1], "path": r[2], **r[3]} for r in rows],
                                                              "crossover": {k: {"layout": v[0], "ms": {str(r): t for r, t in v[1].items()}, "rows": v[2]}
                                                                            for k, v in crossovers.items()}}, indent=1))
 

@@ -46,9 +46,11 @@ call into a bfloat16 weight and run a bf16 GEMM instead (oneDNN; the same bf16 a
 bf16 output as the kernels). The dequantization reads the kernel's own tensors without a
 permutation gather (``packing.unpack_int4pack_cpu_t``: strided nibble reads that land in
 [K, N]; int8: one dtype conversion, the scale applied to the output), so no extra bytes are
-stored. The threshold is measured per layout by ``benchmarks/cpu_quant_crossover.py`` (the
-smallest row count from which the dequantizing path wins on every SmolLM2 shape) and
-recorded with each layer (``kernel_info()``).
+stored. The threshold is the whole-model crossover measured per layout on SmolLM2 by
+``benchmarks/quant_latency.py`` (results/benchmarks/quant_latency_smollm2.md: the smallest prompt
+from which the dequantizing path is faster at every longer one; int8 32 tokens, int4 g128 256,
+int4 g64 512 — the int4 layout takes 256, where g64 is even: 563 vs 575 ms) and recorded with
+each layer (``kernel_info()``). Per layer with warm caches ``benchmarks/cpu_quant_crossover.py``.
 
 ``storage_stats()`` returns (logical parameters, bytes of the tensors held), so the size
 evaluator counts what the module really stores. ``dequantize()`` gives the float weight the
@@ -73,7 +75,7 @@ INT8_CPU_K_MULTIPLE = 16
 LAYOUT_PATHS = {"int8": "int8-kernel", "int4-cpu": "int4-kernel", "int4-cuda": "int4-kernel", "w8a8": "int8-kernel", "packed": "simulated"}
 KERNEL_ACT_DTYPE = torch.bfloat16  # the CPU weight-only kernels' vectorized path (fp32 is a scalar loop)
 # input rows from which the CPU layouts dequantize to bf16 per call and run a bf16 GEMM (prefill) instead of the kernel
-CPU_PREFILL_ROWS = {"int8": 16, "int4-cpu": 16}
+CPU_PREFILL_ROWS = {"int8": 32, "int4-cpu": 256}
 
 
 def int4_cpu_kernel_group(k: int, group_size: int) -> int | None:
