@@ -262,7 +262,12 @@ class BlockInputs:
     calls: list[list[tuple[tuple, dict]]]  # per block, per sample: (extra args, kwargs)
 
 
-def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, device: torch.device) -> BlockInputs:
+def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, model_device: torch.device,
+                         device: torch.device | None = None) -> BlockInputs:
+    """Every block's call (input of block 0, extra args and kwargs of each) on every sample: the
+    model runs up to block 0 on ``model_device`` (where its weights are; blocks are not computed),
+    and what is captured is kept on ``device`` (the engine's compute device; default the same)."""
+    device = model_device if device is None else device
     blocks = bundle.adapter.get_blocks(bundle.model)
     sink: list = []
     hidden: list[torch.Tensor] = []
@@ -274,13 +279,13 @@ def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, device: tor
         for sample in calib.samples():
             sink.clear()
             try:
-                bundle.model(**_to(sample, device))
+                bundle.model(**_to(sample, model_device))
             except _StopForward:
                 pass
             for index, h, args, kwargs in sink:
                 if index == 0:
-                    hidden.append(h.detach())
-                calls[index].append((dedup(args), dedup(kwargs)))
+                    hidden.append(_to(h.detach(), device))
+                calls[index].append((dedup(_to(args, device)), dedup(_to(kwargs, device))))
     if any(len(c) != len(hidden) for c in calls):
         raise RuntimeError("calibration capture: not every block was reached by every sample")
     return BlockInputs(hidden=hidden, calls=calls)
@@ -302,12 +307,13 @@ class CalibrationEngine:
             raise ValueError("this method needs a calibration set")
         self.bundle, self.calib, self.progress = bundle, calib, progress
         self.model_device = next(bundle.model.parameters()).device
+        device = device if device is not None else bundle.compute_device  # offload: one block at a time there
         self.device = torch.device(device) if device is not None else self.model_device
 
     # sequential compression ---------------------------------------------------------------
     def run(self, plan: Callable[[int, nn.Module], list[Step]], propagate_error: bool = True, desc: str = "calibrate") -> EngineReport:
         """For each block: run ``plan(i, block)``'s steps, then propagate to the next block."""
-        inputs = capture_block_inputs(self.bundle, self.calib, self.device)
+        inputs = capture_block_inputs(self.bundle, self.calib, self.model_device, self.device)
         blocks = self.bundle.adapter.get_blocks(self.bundle.model)
         report = EngineReport(len(blocks), len(inputs.hidden), inputs.hidden[0].shape[1], propagate_error)
         hidden = inputs.hidden

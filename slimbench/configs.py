@@ -239,6 +239,7 @@ class RunSettings:
     threads: int | None = None  # None: torch's default
     force: bool = False
     fuse_stages: bool = True
+    offload: bool = False  # weights stay in CPU memory; calibration moves one block at a time to `device`
     save_dir: str | None = None
     paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
     model: dict | None = None
@@ -253,6 +254,9 @@ class RunSettings:
         if self.save_dir is not None and not self.save_dir.strip():
             raise ConfigError("save_dir is empty: set it to a directory, or to null to not save the model")
         check_device(self.device)
+        if self.offload and self.device == "cpu":
+            raise ConfigError("offload=true keeps the weights in CPU memory and computes each block on `device`; "
+                              "with device=cpu there is nothing to offload (use device=cuda, or offload=false)")
 
 
 def check_dir_path(value: str, key: str, create: bool) -> Path:

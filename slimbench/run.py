@@ -179,7 +179,7 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     cache_dir = check_dir_path(paths.cache_dir, "paths.cache_dir", create=True)
     if settings.save_dir is not None:
         check_dir_path(settings.save_dir, "save_dir", create=False)
-    load_ctx = LoadContext(cache_dir=cache_dir, device=settings.device)
+    load_ctx = LoadContext(cache_dir=cache_dir, device="cpu" if settings.offload else settings.device)
 
     # method or pipeline (cheapest checks first: a bad method parameter fails before anything else)
     nodes = stage_nodes(cfg.get("method"))
@@ -226,7 +226,7 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     # data the run will read
     threads = settings.threads or torch.get_num_threads()
     eval_ctx = EvalContext(
-        data_dir=data_dir, device=load_ctx.device, seed=settings.seed, threads=threads, cache_dir=load_ctx.cache_dir, shape=source.shape,
+        data_dir=data_dir, device=settings.device, seed=settings.seed, threads=threads, cache_dir=load_ctx.cache_dir, shape=source.shape,
         log_samples=bool((cfg.get("tracker") or {}).get("log_samples", False)),
     )
     data: dict = {}
@@ -315,6 +315,8 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             progress.reached("load")
             with watch.time("load_s"):
                 bundle = plan.loader.load(plan.source, plan.loader_config, plan.load_ctx)
+            if plan.settings.offload:
+                bundle.compute_device = plan.settings.device
             calib = None
             if plan.calib_config is not None:
                 progress.reached("calibration data")
@@ -323,6 +325,13 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             progress.reached("compress")
             record.compression = compress([s.method for s in plan.stages], bundle, calib, fuse=plan.fuse_stages)
             watch.durations["compress_s"] = record.compression.wall_time_s
+            if plan.settings.offload:  # compressed: evaluated on the device
+                with watch.time("offload_to_device_s"):
+                    bundle.model.to(plan.settings.device)
+                bundle.compute_device = None
+                record.compression.notes.append(f"offload=true: the weights stayed in CPU memory during compression, each block "
+                                                f"computed on {plan.settings.device} in turn; the compressed model was then "
+                                                f"moved to {plan.settings.device} for evaluation")
 
             progress.reached("evaluate")
             samples = evaluate(plan, bundle, record, watch)
@@ -593,7 +602,7 @@ def _run_group(bundle: ModelBundle, calib: CalibrationSet | None, group: list[tu
     """Run one method, or several plans fused into one engine pass; measure them together."""
     params_before = module_params(bundle.model)
     hooks_before = set(bundle.hooks.names())
-    with measure_peak_rss() as peak, measure_peak_gpu(_model_device(bundle.model)) as gpu:
+    with measure_peak_rss() as peak, measure_peak_gpu(compute_device(bundle)) as gpu:
         start = time.perf_counter()
         if group[0][1] is None:
             results = [group[0][0].apply(bundle, calib)]
@@ -611,6 +620,11 @@ def _run_group(bundle: ModelBundle, calib: CalibrationSet | None, group: list[tu
             notes=list(result.notes), hooks=hooks if len(group) == 1 else [], fused_with=[n for n in names if n != method.name],
         ))
     return reports, _Measured(wall, peak.peak_rss_bytes, peak.start_rss_bytes, peak.method, gpu.peak_bytes)
+
+
+def compute_device(bundle: ModelBundle) -> torch.device | None:
+    """Where a bundle's computation runs: its ``compute_device`` (offload) or its weights' device."""
+    return torch.device(bundle.compute_device) if bundle.compute_device else _model_device(bundle.model)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device | None:

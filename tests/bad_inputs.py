@@ -170,6 +170,7 @@ CASES: list[Case] = [
     _c("top", "unknown-paths-key", "paths.result_dir=x", "unknown key 'paths.result_dir'", "did you mean 'paths.results_dir'"),
     _c("top", "device-cuda", "device=cuda", "CUDA"),
     _c("top", "device-unknown", "device=tpu", "device"),
+    _c("top", "offload-on-cpu", "offload=true", "offload=true keeps the weights in CPU memory"),
     _c("top", "save-dir-under-file", "save_dir={file}/models", "save_dir"),
     _c("top", "results-dir-under-file", "paths.results_dir={file}/results", "paths.results_dir"),
     _c("top", "cache-dir-under-file", "paths.cache_dir={file}/cache", "paths.cache_dir"),

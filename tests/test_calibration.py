@@ -73,6 +73,36 @@ class _Recorder:
         return None
 
 
+def test_offload_moves_one_block_at_a_time_to_the_compute_device(tiny_bundle, calib_for, monkeypatch):
+    """bundle.compute_device (offload=true): each block goes to the compute device for its steps and
+    back to the weights' device before the next one moves; what is captured lives on the compute device.
+    (CPU-only check of the order of moves; tests/test_gpu.py checks offloaded results on CUDA.)"""
+    bundle = tiny_bundle("tiny-llama")
+    calib = calib_for(bundle)
+    blocks = list(bundle.adapter.get_blocks(bundle.model))
+    moves, active = [], set()
+    real_to = torch.nn.Module.to
+
+    def spy(module, *args, **kwargs):
+        if any(module is b for b in blocks):
+            index = next(i for i, b in enumerate(blocks) if module is b)
+            target = str(args[0] if args else kwargs.get("device"))
+            moves.append((index, target))
+            (active.discard if target == "cpu" and index in active else active.add)(index)
+            assert len(active) <= 1, f"blocks {sorted(active)} on the compute device at once"
+        return real_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    bundle.compute_device = "cpu:0"  # a distinct spelling of the same device: the moves are observable, the numbers unchanged
+    seen = {}
+    CalibrationEngine(bundle, calib, progress=False).run(lambda i, block: [Step({"io": _Recorder(seen, i)})], propagate_error=True)
+    assert moves == [(i, t) for i in range(len(blocks)) for t in ("cpu:0", "cpu")]
+    bundle.compute_device = None
+    reference = {}
+    CalibrationEngine(bundle, calib, progress=False).run(lambda i, block: [Step({"io": _Recorder(reference, i)})], propagate_error=True)
+    assert all(torch.equal(a, b) for i in seen for a, b in zip(seen[i], reference[i]))
+
+
 def test_gemma3_blocks_get_their_own_masks(tiny_bundle, calib_for):
     bundle = tiny_bundle("tiny-gemma3")
     captured = capture_block_inputs(bundle, calib_for(bundle), torch.device("cpu"))

@@ -97,6 +97,20 @@ def test_methods_run_on_cuda(compose, method):
     assert outcome.status == "ok", outcome.record.error
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("method", ["wanda", "gptq", "sparsegpt"])
+def test_offload_compresses_like_the_model_on_the_device(compose, method):
+    """offload=true: weights in CPU memory, one block at a time on the GPU; same result as the model on the GPU."""
+    args = ("model=tiny-llama", f"method={method}", "device=cuda", "calib.nsamples=4", "calib.seqlen=64", "force=true", *TINY_EVAL)
+    on_device, offloaded = run_experiment(compose(*args)), run_experiment(compose(*args, "offload=true"))
+    assert on_device.status == offloaded.status == "ok", offloaded.record.error
+    ppl = [o.record.metric("perplexity", "perplexity") for o in (on_device, offloaded)]
+    assert ppl[1] == pytest.approx(ppl[0], rel=1e-4)
+    assert any("offload=true" in n for n in offloaded.record.compression.notes)
+    assert offloaded.record.compression.peak_gpu_bytes < on_device.record.compression.peak_gpu_bytes
+
+
 def test_gpu_check_without_cuda_exits_cleanly(tmp_path):
     """benchmarks/gpu_check.sh on a machine without CUDA: a message, exit 0, nothing written."""
     import subprocess

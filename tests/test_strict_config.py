@@ -73,7 +73,7 @@ def test_every_registered_method_config_parses_its_own_defaults_back():
     ({"fuse_stages": 1}, "fuse_stages must be true or false, got 1"),
     ({"threads": 0}, "threads must be >= 1 or null"),
     ({"threads": -2}, "threads must be >= 1 or null"),
-    ({"sed": 1}, "unknown key 'sed' (keys: seed, device, threads, force, fuse_stages, save_dir, paths, model, method, eval, calib, tracker); did you mean 'seed'?"),
+    ({"sed": 1}, "unknown key 'sed' (keys: seed, device, threads, force, fuse_stages, offload, save_dir, paths, model, method, eval, calib, tracker); did you mean 'seed'?"),
     ({"paths": {"result_dir": "x"}}, "unknown key 'paths.result_dir' (keys: paths.data_dir, paths.results_dir, paths.cache_dir); did you mean 'paths.results_dir'?"),
     ({"paths": {"data_dir": ""}}, "paths.data_dir is empty"),
     ({"paths": {"cache_dir": 3.5}}, "paths.cache_dir must be a string, got 3.5"),

@@ -53,6 +53,9 @@ class ModelBundle:
     kind: str
     adapter: Adapter
     source: ModelSource
+    # where the calibration engine computes (None: where the weights are); ``offload=true`` keeps
+    # the weights in CPU memory and sets this to the device: one block at a time moves there
+    compute_device: str | None = None
 
     @property
     def name(self) -> str:
