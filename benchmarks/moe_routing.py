@@ -144,7 +144,7 @@ def markdown(result: dict) -> str:
         out.append(f"| {c['router']} | {c['p']} | {c['experts']:.2f} | {c['topp_ppl']:.3f} | {tk} | {better} |")
     out += ["", f"Verdict: {result['verdict']}", "", "## Latency of one FFN (layer 0) against active experts", "",
             "Grouped dispatch with k random experts per token vs the dense FFN (same weights), medians (ms), one process, "
-            f"{torch.get_num_threads()} threads, shared 2-core CPU.", "",
+            f"{result.get('latency_threads', '?')} threads, 2-core CPU." if result["latency"] else "Not measured in this run.", "",
             "| T | k | dense ms | MoE ms | MoE / dense |", "|---|---|---|---|---|"]
     for r in result["latency"]:
         out.append(f"| {r['T']} | {r['k']} | {r['dense_ms']:.3f} | {r['moe_ms']:.3f} | {r['ratio']:.2f} |")
@@ -200,7 +200,21 @@ def main() -> None:
     parser.add_argument("--reps-t1", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/moe_routing"))
     parser.add_argument("--from-json", type=Path, help="only re-render the table and plot of a finished run")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--skip-latency", action="store_true", help="the perplexity grid only (latency later, on an idle machine)")
+    parser.add_argument("--latency-only", action="store_true", help="with --from-json: add the latency study to that run's results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.latency_only:
+        if not args.from_json:
+            parser.error("--latency-only needs --from-json (the grid run's results)")
+        result = json.loads(args.from_json.read_text())
+        source, loader, config, ctx = resolve_named_model(result["model"])
+        bundle = loader.load(source, config, ctx)
+        add_latency(result, bundle, args)
+        write(result, args.out)
+        return
     if args.from_json:
         result = json.loads(args.from_json.read_text())
         args.out.with_suffix(".md").write_text(markdown(result))
@@ -227,6 +241,8 @@ def main() -> None:
             result["grid"].append(point(bundle, calib, "moe_topk", {"k": k, "router": router}, args))
         for p in args.p:
             result["grid"].append(point(bundle, calib, "moe_topp", {"p": p, "router": router}, args))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".partial.json").write_text(json.dumps(result, indent=1))  # an interrupted run keeps its points
 
     result["claim"] = []
     for router in args.routers:
@@ -239,7 +255,15 @@ def main() -> None:
     wins = sum(c["topp_ppl"] < c["topk_ppl"] for c in judged)
     result["verdict"] = f"top-p has the lower perplexity at equal mean active experts in {wins} of {len(judged)} matched points"
 
+    result["latency"], result["crossover"] = [], {}
+    if not args.skip_latency:
+        add_latency(result, bundle, args)
+    write(result, args.out)
+
+
+def add_latency(result: dict, bundle, args) -> None:
     result["latency"] = latency_study(bundle, args)
+    result["latency_threads"] = torch.get_num_threads()
     result["crossover"] = {}
     for T in (2048, 1):
         k_faster = 0  # the largest k such that every k' <= k is faster than dense
@@ -249,10 +273,12 @@ def main() -> None:
             k_faster = r["k"]
         result["crossover"][T] = k_faster or None
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    plot(result, args.out.with_suffix(".png"))
+
+def write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result))
+    plot(result, out.with_suffix(".png"))
     print(markdown(result))
 
 
