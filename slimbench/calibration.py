@@ -291,6 +291,62 @@ def capture_block_inputs(bundle: ModelBundle, calib: CalibrationSet, model_devic
     return BlockInputs(hidden=hidden, calls=calls)
 
 
+class _Samples:
+    def __init__(self, samples: list[dict]) -> None:
+        self.inputs = samples
+
+    def samples(self, limit: int | None = None):
+        yield from self.inputs[:limit]
+
+
+class SuffixObjective:
+    """The whole-model objective of fixed samples, computed from block ``b`` on.
+
+    The dense inputs of block ``b`` are kept for every sample (captured once, then advanced one
+    block at a time with ``advance``), so the objective after a change inside block ``b`` runs
+    only blocks ``b..L-1`` and the head: the same calls in the same order as a whole-model
+    forward (``CalibrationEngine.objective``), hence the same numbers, for (L − b)/L of the block
+    work. Only for models whose head is known (``bundle.io.head``); ``available`` says so.
+    """
+
+    def __init__(self, bundle: ModelBundle, samples: list[dict]) -> None:
+        self.bundle, self.samples = bundle, samples
+        self.head = getattr(bundle.io, "head", lambda *a: None)(bundle.model, bundle.adapter)
+        self.block = 0
+        if self.head is not None:
+            device = next(bundle.model.parameters()).device
+            self.inputs = capture_block_inputs(bundle, _Samples(samples), device)
+            self.hidden = self.inputs.hidden
+
+    @property
+    def available(self) -> bool:
+        return self.head is not None
+
+    @torch.no_grad()
+    def score(self) -> torch.Tensor:
+        """float64 [n]: each sample's objective with the model as it is now, from block ``self.block``."""
+        blocks = self.bundle.adapter.get_blocks(self.bundle.model)
+        out = torch.empty(len(self.samples), dtype=torch.float64)
+        for i, (h, sample) in enumerate(zip(self.hidden, self.samples)):
+            for j in range(self.block, len(blocks)):
+                args, kwargs = self.inputs.calls[j][i]
+                h = blocks[j](h, *args, **kwargs)
+                h = h[0] if isinstance(h, tuple) else h
+            out[i] = self.bundle.io.head_objective(self.head, h, sample).double().mean().cpu()
+        return out
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        """Move the kept inputs past block ``self.block`` (run with its current, dense, weights)."""
+        block = self.bundle.adapter.get_blocks(self.bundle.model)[self.block]
+        nxt = []
+        for i, h in enumerate(self.hidden):
+            args, kwargs = self.inputs.calls[self.block][i]
+            out = block(h, *args, **kwargs)
+            nxt.append(out[0] if isinstance(out, tuple) else out)
+        self.hidden, self.block = nxt, self.block + 1
+
+
 # -- the engine ------------------------------------------------------------------------------
 @dataclass
 class EngineReport:

@@ -166,6 +166,32 @@ def test_asvd_sensitivity_allocation_leaves_unselected_layers_dense(tiny_bundle,
     assert torch.isfinite(_logits(bundle)).all()
 
 
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gemma3"])
+def test_suffix_objective_equals_the_whole_model_objective(tiny_bundle, text_dir, model):
+    """ASVD's shortcut: the objective from block b on (kept dense inputs) is the whole-model one, bitwise,
+    with a changed layer in block b as with the dense model."""
+    from slimbench.calibration import SuffixObjective
+    from slimbench.methods.lowrank.common import decoder_linears, install
+    from slimbench.models.adapters import set_path
+
+    bundle = tiny_bundle(model)
+    calib = _calib(bundle, text_dir, n=2, seqlen=24)
+    engine, windows = CalibrationEngine(bundle, calib, progress=False), list(calib.samples())
+    suffix = SuffixObjective(bundle, windows)
+    assert suffix.available
+    targets = {t.block: t for t in decoder_linears(bundle.model, bundle.adapter) if t.role in ("o", "down")}
+    for b in range(len(bundle.adapter.get_blocks(bundle.model))):
+        while suffix.block < b:
+            suffix.advance()
+        dense = suffix.score()
+        assert torch.equal(dense, engine.objective(windows))
+        t, block = targets[b], bundle.adapter.get_blocks(bundle.model)[b]
+        install(bundle.model, bundle.adapter, t, *truncated_factors(t.module.weight.detach().double(), 2))
+        changed = suffix.score()
+        assert torch.equal(changed, engine.objective(windows)) and not torch.equal(changed, dense)
+        set_path(block, t.path, t.module)  # restore the dense layer
+
+
 def test_asvd_uniform_allocation(tiny_bundle, text_dir):
     bundle = tiny_bundle("tiny-llama")
     result = ASVD(ASVDConfig(ratio=0.2, allocation="uniform")).apply(bundle, _calib(bundle, text_dir))

@@ -57,6 +57,26 @@ class CausalLMIO:
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
         return nll.view(ids.shape[0], -1).mean(dim=1)
 
+    @staticmethod
+    def head(model: nn.Module, adapter) -> tuple[nn.Module, nn.Module] | None:
+        """(final norm, lm_head) when the logits are exactly ``lm_head(norm(last block's output))``
+        (None otherwise, e.g. final-logit soft-capping): what ``head_objective`` needs."""
+        from slimbench.models.adapters import get_path
+
+        config = getattr(model, "config", None)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        if adapter.final_norm is None or adapter.lm_head is None or getattr(text, "final_logit_softcapping", None) is not None:
+            return None
+        return get_path(model, adapter.final_norm), get_path(model, adapter.lm_head)
+
+    def head_objective(self, head: tuple[nn.Module, nn.Module], hidden: torch.Tensor, sample: dict) -> torch.Tensor:
+        """``objective`` from the last block's output ``hidden`` [B, T, D] (the same operations)."""
+        norm, lm_head = head
+        ids = sample["input_ids"].to(hidden.device)
+        logits = lm_head(norm(hidden))
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+        return nll.view(ids.shape[0], -1).mean(dim=1)
+
     def crop(self, sample: dict, length: int | None) -> dict:
         """The first ``length`` tokens of each window (None: unchanged)."""
         return sample if length is None else {**sample, "input_ids": sample["input_ids"][:, :length]}

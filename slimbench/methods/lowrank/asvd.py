@@ -25,7 +25,9 @@ reference's module walk also includes lm_head; here embeddings/lm_head stay unto
 tied); the SVD is exact (``torch.linalg.svd`` in float64) where the reference uses the
 randomized ``torch.svd_lowrank``; calibration windows come from WikiText-2 validation (the
 reference: 32 × 2048 WikiText-2 train, seed 233). The sensitivity pass costs
-(#linears × #candidates × samples) model forwards, so ``sensitivity_samples`` and
+(#linears × #candidates × samples) model forwards — from the changed block on only: the dense
+inputs of each block are kept and advanced (``calibration.SuffixObjective``, the same numbers for
+about half the block work) — so ``sensitivity_samples`` and
 ``sensitivity_seqlen`` can limit it (null = all calibration windows at full length, the
 reference); ``allocation: uniform`` skips it. The sensitivity table depends only on the dense
 model, so it is cached and shared by every target ratio.
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from slimbench.calibration import CalibrationEngine, LinearInputs
+from slimbench.calibration import CalibrationEngine, LinearInputs, SuffixObjective
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.lowrank.common import (
@@ -112,8 +114,11 @@ class ASVD(MethodBase):
         """ppl of the calibration windows with one layer factored at each candidate ratio."""
         cfg, model, adapter = self.config, bundle.model, bundle.adapter
         windows = [bundle.io.crop(s, cfg.sensitivity_seqlen) for s in engine.calib.samples(cfg.sensitivity_samples)]
+        suffix = SuffixObjective(bundle, windows)  # exact shortcut: only blocks t.block.. are re-run
         table: dict[str, dict[float, float]] = {}
-        for t in tqdm(targets, desc="asvd sensitivity", unit="layer", mininterval=2.0):
+        for t in tqdm(sorted(targets, key=lambda t: t.block), desc="asvd sensitivity", unit="layer", mininterval=2.0):
+            while suffix.available and suffix.block < t.block:
+                suffix.advance()
             w = weight64(adapter, t.module)  # [out, in]
             block = adapter.get_blocks(model)[t.block]
             table[t.name] = {}
@@ -122,7 +127,8 @@ class ASVD(MethodBase):
                 if k is None:
                     continue
                 install(model, adapter, t, *column_scaled_factors(w, k, scales[t.name]))
-                table[t.name][r] = math.exp(float(engine.objective(windows).mean()))
+                nll = suffix.score() if suffix.available else engine.objective(windows)
+                table[t.name][r] = math.exp(float(nll.mean()))
                 set_path(block, t.path, t.module)  # restore the dense layer
         return table
 
