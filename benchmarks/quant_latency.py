@@ -127,6 +127,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=128, help="prefill tokens (the leaderboard's columns are at 128)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--formats", default="all", help="comma-separated labels' first words (e.g. int4,int8) or all")
@@ -136,19 +138,24 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, help="measure nothing: rebuild the table (and --leaderboard) from this run's JSON "
                         "with the current CPU_PREFILL_ROWS choosing each format's path")
     args = parser.parse_args()
-    config = LatencyConfig(prompt_len=128, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.leaderboard and args.prompt_len != 128:
+        parser.error("--leaderboard rewrites the 128-token columns: use it with --prompt-len 128")
+    config = LatencyConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=1, warmup=args.warmup, repeats=args.repeats)
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         rows = [(r["format"], r["stands_for"], r["path"], r) for r in saved["rows"]]
         crossovers = {k: (v["layout"], {int(r): tuple(t) for r, t in v["ms"].items()}, v["rows"]) for k, v in saved["crossover"].items()}
-        write(rows, crossovers, config, args, measured_on=saved.get("measured_on"))
+        layouts = saved.get("layouts") or {k: v[0] for k, v in crossovers.items()}
+        write(rows, crossovers, layouts, config, args, measured_on=saved.get("measured_on"))
         if args.leaderboard:
-            update_leaderboard(args.leaderboard, rows, crossovers, args, measured_on=saved.get("measured_on"))
+            update_leaderboard(args.leaderboard, rows, layouts, args, measured_on=saved.get("measured_on"))
         return
     source, loader, cfg, ctx = resolve_named_model(args.model)
     dense = loader.load(source, cfg, ctx)
     variants = [("dense fp32", "-", "dense", dense, "code")]  # (label, stands for, path, bundle, prefill_rows)
-    crossovers = {}
+    crossovers, layouts = {}, {}
     for label, fmt, stands_for in FORMATS:
         if args.formats != "all" and label.split()[0] not in args.formats.split(","):
             continue
@@ -162,26 +169,27 @@ def main() -> None:
         if not configured:
             variants.append((label, stands_for, layers[0].execution_path, bundle, "code"))
             continue
+        layouts[label] = layers[0].layout
         if args.crossover_repeats:
             crossovers[label] = (layers[0].layout, *prefill_crossover(bundle, layers, args.crossover_repeats))
             print(label, crossovers[label], flush=True)
         variants += [(label, stands_for, "kernel for every size (before)", bundle, None),
                      (label, stands_for, "prefill by dequantize + bf16 GEMM", bundle, 2)]
     rows = [(v[0], v[1], v[2], m) for v, m in zip(variants, interleaved(variants, config))]
-    write(rows, crossovers, config, args)
+    write(rows, crossovers, layouts, config, args)
     if args.leaderboard:
-        update_leaderboard(args.leaderboard, rows, crossovers, args)
+        update_leaderboard(args.leaderboard, rows, layouts, args)
 
 
 LATENCY_COLUMNS = ("prefill ms", "decode tok/s", "prefill × dense", "decode × dense")
 DEQUANTIZES = {"kernel for every size (before)": False, "prefill by dequantize + bf16 GEMM": True}  # the two measured paths
 
 
-def taken_now(label: str, path: str, crossovers: dict, prompt_len: int) -> bool:
+def taken_now(label: str, path: str, layouts: dict, prompt_len: int) -> bool:
     """Whether the code takes this measured path at ``prompt_len`` rows (formats measured one way: always)."""
     if path not in DEQUANTIZES:
         return True
-    threshold = CPU_PREFILL_ROWS.get(crossovers[label][0])
+    threshold = CPU_PREFILL_ROWS.get(layouts[label])
     return DEQUANTIZES[path] == (threshold is not None and threshold <= prompt_len)
 
 
@@ -201,12 +209,12 @@ def leaderboard_format(method: str, config: str) -> str | None:
 NOTE_START = "Latency columns (prefill ms, decode tok/s, × dense) re-measured"
 
 
-def update_leaderboard(path: Path, rows, crossovers, args, measured_on: str | None = None) -> None:
+def update_leaderboard(path: Path, rows, layouts, args, measured_on: str | None = None) -> None:
     """Replace the latency columns of every row of the table whose format was measured here (the
     path the code takes now at the 128-token prompt, by ``CPU_PREFILL_ROWS``), and add a note
     saying where the numbers come from (replacing an earlier one); other rows keep their record's
     numbers (marked †)."""
-    measured = {label: m for label, _, taken, m in rows if taken_now(label, taken, crossovers, 128)}
+    measured = {label: m for label, _, taken, m in rows if taken_now(label, taken, layouts, 128)}
     base = measured["dense fp32"]
     lines = [line for line in path.read_text().splitlines() if not line.startswith(NOTE_START)]
     while lines and not lines[-1].strip():
@@ -240,7 +248,7 @@ def update_leaderboard(path: Path, rows, crossovers, args, measured_on: str | No
     path.write_text("\n".join(lines) + "\n")
 
 
-def write(rows, crossovers, config: LatencyConfig, args, measured_on: str | None = None) -> None:
+def write(rows, crossovers, layouts, config: LatencyConfig, args, measured_on: str | None = None) -> None:
     base = rows[0][3]
     measured_on = measured_on or time.strftime('%Y-%m-%d')
     lines = [f"# Quantized formats on {args.model}: prefill and decode latency (CPU)", "",
@@ -262,14 +270,14 @@ def write(rows, crossovers, config: LatencyConfig, args, measured_on: str | None
         for label, (layout, times, best) in crossovers.items():
             lines.append(f"| {label} | {layout} | " + " | ".join(f"{k:.0f} / {d:.0f}" for k, d in times.values()) + f" | {best} |")
     taken = [f"{label}: {'dequantize' if DEQUANTIZES[path] else 'kernel'}" for label, _, path, _ in rows
-             if path in DEQUANTIZES and taken_now(label, path, crossovers, config.prompt_len)]
+             if path in DEQUANTIZES and taken_now(label, path, layouts, config.prompt_len)]
     lines += ["", f"Decode (1 row) always runs torch's kernel. The code dequantizes from CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS} rows on "
               f"(the whole-model crossovers above); at a {config.prompt_len}-token prefill it takes: {'; '.join(taken)}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"measured_on": measured_on, "rows": [{"format": r[0], "stands_for": r[1], "path": r[2], **r[3]} for r in rows],
+        args.out.with_suffix(".json").write_text(json.dumps({"measured_on": measured_on, "layouts": layouts, "rows": [{"format": r[0], "stands_for": r[1], "path": r[2], **r[3]} for r in rows],
                                                              "crossover": {k: {"layout": v[0], "ms": {str(r): t for r, t in v[1].items()}, "rows": v[2]}
                                                                            for k, v in crossovers.items()}}, indent=1))
 
