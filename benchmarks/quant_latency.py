@@ -272,7 +272,7 @@ def write(rows, crossovers, layouts, config: LatencyConfig, args, measured_on: s
     taken = [f"{label}: {'dequantize' if DEQUANTIZES[path] else 'kernel'}" for label, _, path, _ in rows
              if path in DEQUANTIZES and taken_now(label, path, layouts, config.prompt_len)]
     lines += ["", f"Decode (1 row) always runs torch's kernel. The code dequantizes from CPU_PREFILL_ROWS = {CPU_PREFILL_ROWS} rows on "
-              f"(the whole-model crossovers above); at a {config.prompt_len}-token prefill it takes: {'; '.join(taken)}."]
+              f"({'the whole-model crossovers above' if crossovers else 'the whole-model crossovers of results/benchmarks/quant_latency_smollm2.md'}); at a {config.prompt_len}-token prefill it takes: {'; '.join(taken)}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
