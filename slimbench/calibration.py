@@ -326,7 +326,7 @@ class SuffixObjective:
     def score(self) -> torch.Tensor:
         """float64 [n]: each sample's objective with the model as it is now, from block ``self.block``."""
         blocks = self.bundle.adapter.get_blocks(self.bundle.model)
-        out = torch.empty(len(self.samples), dtype=torch.float64)
+        out = torch.empty(len(self.samples), dtype=torch.float64, device="cpu")  # host-side results
         for i, (h, sample) in enumerate(zip(self.hidden, self.samples)):
             for j in range(self.block, len(blocks)):
                 args, kwargs = self.inputs.calls[j][i]
