@@ -315,6 +315,7 @@ def execute(plan: RunPlan, store: ResultStore, tracker: Tracker, invocation_id: 
             progress.reached("load")
             with watch.time("load_s"):
                 bundle = plan.loader.load(plan.source, plan.loader_config, plan.load_ctx)
+            bundle.cache_dir = plan.load_ctx.cache_dir
             if plan.settings.offload:
                 bundle.compute_device = plan.settings.device
             calib = None

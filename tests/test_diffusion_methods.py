@@ -159,3 +159,26 @@ def test_lazy_target_picks_the_rho_whose_measured_ratio_is_closest(tiny_bundle):
     ratios = {r["rho"]: r["probe_lazy_ratio"] for r in details["sweep"]}
     assert set(ratios) == {10.0, 0.0} and ratios[0.0] < ratios[10.0]  # a strong penalty skips more
     assert details["rho"] == 0.0
+
+
+def test_lazy_gates_are_stored_and_a_second_run_reads_them(tiny_bundle, tmp_path, monkeypatch):
+    """What LazyDiT learns is kept (checksummed safetensors under <cache_dir>/lazydit); the same
+    settings on the same model load the gates instead of training, and the record says so."""
+    import slimbench.methods.diffusion.lazydit as lazydit
+
+    config = LazyDiTConfig(steps=4, rho=10.0, train_steps=5, batch_size=2, images=4, lr=1e-2)
+    first = tiny_bundle("tiny-dit")
+    first.cache_dir = tmp_path
+    trained = compress(LazyDiT(config), first, None).stages[0].details
+    weights = {n: g.weight.detach().clone() for n, g in ((n, first.hooks.get(n)) for n in first.hooks.names("lazydit/"))}
+    assert "gates_entry" in trained and not trained.get("gates_from_cache")
+    assert any(w.abs().sum() > 0 for w in weights.values())
+
+    monkeypatch.setattr(lazydit, "_train", lambda *a, **k: pytest.fail("the stored gates were not used"))
+    second = tiny_bundle("tiny-dit")
+    second.cache_dir = tmp_path
+    report = compress(LazyDiT(config), second, None).stages[0]
+    assert report.details["gates_from_cache"] and report.details["gate_training_s"] == trained["gate_training_s"]
+    assert any("gates read from" in n for n in report.notes)
+    for name, w in weights.items():
+        assert torch.equal(second.hooks.get(name).weight, w)

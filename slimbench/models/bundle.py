@@ -56,6 +56,8 @@ class ModelBundle:
     # where the calibration engine computes (None: where the weights are); ``offload=true`` keeps
     # the weights in CPU memory and sets this to the device: one block at a time moves there
     compute_device: str | None = None
+    # the run's cache directory (what methods learn without calibration data, e.g. LazyDiT's gates, is kept there)
+    cache_dir: Any = None
 
     @property
     def name(self) -> str:

@@ -24,6 +24,11 @@ cached pre-gate output elsewhere (the block applies the current gate); a branch 
 skip is not called; in a mixed batch only the computing rows are. Caches are cleared per
 sampling batch. Lazy ratio Γ = skipped / (computed + skipped) branch calls, counted.
 
+What is learned is stored: the chosen gates (and the sweep's details) are kept as a checksummed
+safetensors entry (``slimbench.statcache``, no pickle) under ``<cache_dir>/lazydit/``, keyed by
+the model's identity and every setting that shapes training; a run with the same key loads them
+instead of training, and its record says so (the entry's path and the original training time).
+
 Laziness is steered by ρ only (threshold fixed). ``target``: train once per ρ of ``rho_grid``
 and keep the gates whose lazy ratio, measured by sampling ``probe_images`` images, is closest
 to the target (the paper's sweep, §2.4); the whole sweep is gate-training time.
@@ -35,8 +40,11 @@ applies only where the model has a null class (``null_class``; the MNIST DiT has
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +55,8 @@ from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.diffusion.cache import BranchCache, branches, check_branches
 from slimbench.params import check_params, param
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,9 +128,18 @@ class LazyDiT(MethodBase):
 
     def _apply(self, bundle) -> MethodResult:
         cfg = self.config
+        entry = _gate_entry(bundle, cfg)
+        gates = self._install(bundle)
+        stored = _load_gates(entry, cfg)
+        if stored is not None:
+            with torch.no_grad():
+                for name, gate in gates.items():
+                    gate.weight.copy_(stored["gates"][name].to(gate.weight.device))
+            return MethodResult("cached-steps", details={**stored["details"], "gates_entry": str(entry), "gates_from_cache": True},
+                                notes=[f"gates read from {entry} (trained earlier in {stored['details']['gate_training_s']} s, "
+                                       "which this run's compression time does not include)"])
         start = time.perf_counter()
         pool = _trajectory_pool(bundle, cfg)
-        gates = self._install(bundle)
         rhos = cfg.rho_grid if cfg.target is not None else (cfg.rho,)
         sweep = []
         for rho in rhos:
@@ -135,17 +154,62 @@ class LazyDiT(MethodBase):
                 gate.weight.copy_(w)
         for r in sweep:
             r.pop("state", None)
-        return MethodResult("cached-steps", details={
+        details = {
             "rho": best["rho"], "target": cfg.target, "sweep": sweep, "gate_training_s": round(time.perf_counter() - start, 3),
             "trained_chain_indices": list(range(0, 2 * (cfg.steps // 2), 2)),
             "gate_parameters": sum(g.weight.numel() for g in gates.values()),
-        }, notes=["gates trained on the model's own DDIM trajectories (data-free), lazy ratio counted when sampling"])
+        }
+        if entry is not None:
+            _store_gates(entry, cfg, gates, details)
+            details["gates_entry"] = str(entry)
+        return MethodResult("cached-steps", details=details,
+                            notes=["gates trained on the model's own DDIM trajectories (data-free), lazy ratio counted when sampling"])
 
     def _install(self, bundle) -> dict[str, LazyGate]:
         dim = getattr(bundle.model.config, bundle.adapter.hidden_attr)
         device = next(bundle.model.parameters()).device
         return {name: bundle.hooks.add(f"lazydit/{name}", module, LazyGate(self.config.steps, dim, self.config.threshold, device))
                 for name, module in branches(bundle)}
+
+
+# -- what is learned, stored --------------------------------------------------------------------
+def _gate_key(cfg: LazyDiTConfig) -> str:
+    from slimbench.configs import config_to_dict
+
+    return "lazydit-gates:" + json.dumps(config_to_dict(cfg), sort_keys=True, default=str)
+
+
+def _gate_entry(bundle, cfg: LazyDiTConfig) -> Path | None:
+    from slimbench.models.bundle import path_safe
+    from slimbench.records import stable_hash
+
+    if bundle.cache_dir is None:
+        return None
+    key = stable_hash({"model": bundle.source.to_dict(), "gates": _gate_key(cfg)})
+    return Path(bundle.cache_dir) / "lazydit" / f"{path_safe(bundle.source.name)}-{key}"
+
+
+def _load_gates(entry: Path | None, cfg: LazyDiTConfig) -> dict | None:
+    from slimbench import statcache
+
+    if entry is None:
+        return None
+    try:
+        return statcache.load(entry, _gate_key(cfg))
+    except statcache.CacheRefused as exc:
+        if (entry / statcache.SIDECAR).exists():
+            log.warning("lazydit gates %s refused: %s; training again", entry, exc)
+        return None
+
+
+def _store_gates(entry: Path, cfg: LazyDiTConfig, gates: dict[str, "LazyGate"], details: dict) -> None:
+    from slimbench import statcache
+
+    try:
+        statcache.save(entry, {"gates": {name: g.weight.detach().cpu().clone() for name, g in gates.items()}, "details": details},
+                       _gate_key(cfg))
+    except OSError as exc:  # a read-only cache does not fail the run
+        log.warning("lazydit gates not stored in %s (%s)", entry, exc)
 
 
 # -- training ------------------------------------------------------------------------------------
