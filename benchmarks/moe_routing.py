@@ -102,7 +102,9 @@ def latency_study(bundle, args) -> list[dict]:
     with torch.inference_mode():
         for T, reps in ((2048, args.reps_t2048), (1, args.reps_t1)):
             x = torch.randn(T, bundle.model.config.hidden_size, generator=gen)
-            torch.testing.assert_close(grouped_dispatch(x, torch.ones(T, E, dtype=torch.bool), experts)[0], dense(x), rtol=1e-4, atol=1e-4)
+            ref = dense(x)  # all experts = the dense FFN, up to float32 summation order (scale-relative tolerance)
+            torch.testing.assert_close(grouped_dispatch(x, torch.ones(T, E, dtype=torch.bool), experts)[0], ref, rtol=1e-4,
+                                       atol=1e-5 * float(ref.abs().max()))
             for k in range(1, E + 1):
                 order = torch.rand(T, E, generator=gen).argsort(dim=-1)[:, :k]
                 mask = torch.zeros(T, E, dtype=torch.bool).scatter_(-1, order, True)
