@@ -12,7 +12,7 @@ with t_suffix(b) interpolated linearly between the measured blocks, plus the cos
 the kept inputs (one block forward per block). Times scale with windows × tokens; the reference
 setting (all 32 calibration windows of 2048 tokens) is the measured per-window time × 32.
 
-    flock /work/bench.lock env PYTHONPATH=. .venv/bin/python benchmarks/asvd_sensitivity_cost.py \\
+    flock /work/bench.lock env PYTHONPATH=.:benchmarks .venv/bin/python benchmarks/asvd_sensitivity_cost.py \\
         --data-dir ../shared/data --out results/benchmarks/asvd_sensitivity_cost
 """
 
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.quant_kernel_check import resolve_named_model
 from slimbench._system import cpu_name
 from slimbench.calibration import CalibrationEngine, SuffixObjective
 from slimbench.data.corpora import resolve_corpus
@@ -35,14 +34,12 @@ from slimbench.data.sampler import CalibConfig, build_calibration_set
 from slimbench.methods.lowrank.asvd import CANDIDATES
 from slimbench.methods.lowrank.common import decoder_linears
 
+from moe_clustering import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from quant_kernel_check import resolve_named_model  # noqa: E402
+
 
 def median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_ms(fn, repeats, warmup=0) / 1e3
 
 
 def main() -> None:

@@ -329,9 +329,7 @@ class SuffixObjective:
         out = torch.empty(len(self.samples), dtype=torch.float64, device="cpu")  # host-side results
         for i, (h, sample) in enumerate(zip(self.hidden, self.samples)):
             for j in range(self.block, len(blocks)):
-                args, kwargs = self.inputs.calls[j][i]
-                h = blocks[j](h, *args, **kwargs)
-                h = h[0] if isinstance(h, tuple) else h
+                h = self._call(blocks[j], j, i, h)
             out[i] = self.bundle.io.head_objective(self.head, h, sample).double().mean().cpu()
         return out
 
@@ -339,12 +337,14 @@ class SuffixObjective:
     def advance(self) -> None:
         """Move the kept inputs past block ``self.block`` (run with its current, dense, weights)."""
         block = self.bundle.adapter.get_blocks(self.bundle.model)[self.block]
-        nxt = []
-        for i, h in enumerate(self.hidden):
-            args, kwargs = self.inputs.calls[self.block][i]
-            out = block(h, *args, **kwargs)
-            nxt.append(out[0] if isinstance(out, tuple) else out)
-        self.hidden, self.block = nxt, self.block + 1
+        self.hidden = [self._call(block, self.block, i, h) for i, h in enumerate(self.hidden)]
+        self.block += 1
+
+    def _call(self, block: nn.Module, index: int, sample: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Block ``index`` on ``sample``'s captured call, with ``hidden`` as its input."""
+        args, kwargs = self.inputs.calls[index][sample]
+        out = block(hidden, *args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -431,17 +431,8 @@ class CalibrationEngine:
     def _read_cache(self, cache_key: str | None) -> Any:
         """The verified cached value, or None (absent; or refused, with a warning saying why)."""
         entry = self._cache_dir(cache_key)
-        if entry is None:
-            return None
-        for pickle in statcache.pickles_in(entry):
-            log.warning("calibration cache: refusing %s (a pickle, which could run code; slimbench never loads them); "
-                        "removing it", pickle)
-            pickle.unlink(missing_ok=True)
-        try:
-            value = statcache.load(entry, cache_key)
-        except statcache.CacheRefused as exc:
-            if (entry / statcache.SIDECAR).exists():
-                log.warning("calibration cache %s refused: %s; recomputing", entry, exc)
+        value = None if entry is None else statcache.read(entry, cache_key, "calibration cache")
+        if value is None:
             return None
         log.info("calibration statistics %r loaded from %s", cache_key, entry)
         self.calib.cache_reads.append(cache_key)
@@ -449,14 +440,8 @@ class CalibrationEngine:
 
     def _write_cache(self, cache_key: str | None, value: Any) -> None:
         entry = self._cache_dir(cache_key)
-        if entry is None:
-            return
-        try:
-            statcache.save(entry, value, cache_key)
-        except statcache.NotCacheable as exc:
-            log.warning("calibration statistics %r not cached: %s", cache_key, exc)
-        except OSError as exc:  # a full disk must not fail the run that computed the statistics
-            log.warning("calibration statistics %r not cached (%s: %s)", cache_key, type(exc).__name__, exc)
+        if entry is not None:
+            statcache.write(entry, value, cache_key, "calibration statistics")
 
     # the whole-model objective --------------------------------------------------------------
     def objective(self, samples: Iterable[dict] | None = None, backward: Callable[[int], None] | None = None,

@@ -185,8 +185,9 @@ def plan_run(cfg: dict, lenient_method_params: bool = False) -> RunPlan:
     nodes = stage_nodes(cfg.get("method"))
     pipeline = len(nodes) > 1
     stages = [_stage(node, i if pipeline else None, lenient_method_params) for i, node in enumerate(nodes)]
-    check_stage_order([type(s.method) for s in stages])
-    for stage, forms in zip(stages, forms_before([type(s.method) for s in stages])):
+    classes = [type(s.method) for s in stages]
+    check_stage_order(classes)
+    for stage, forms in zip(stages, forms_before(classes)):
         stage.method = stage.method.after(forms)  # e.g. GPTQ's preserve_zeros: null = true after pruning
 
     # evaluators

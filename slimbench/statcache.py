@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 FORMAT = "slimbench-statcache"
 VERSION = 1
@@ -193,6 +196,30 @@ def save(entry: Path, obj: Any, key: str) -> Path:
         if stale != tensor_file:
             stale.unlink(missing_ok=True)
     return entry / SIDECAR
+
+
+def read(entry: Path, key: str, what: str) -> Any:
+    """The verified entry, or None: absent, or refused (a warning names ``what`` and the reason).
+    Pickles left in the entry by older versions are removed unread."""
+    for pickle in pickles_in(entry):
+        log.warning("%s: refusing %s (a pickle, which could run code; slimbench never loads them); removing it", what, pickle)
+        pickle.unlink(missing_ok=True)
+    try:
+        return load(entry, key)
+    except CacheRefused as exc:
+        if (entry / SIDECAR).exists():
+            log.warning("%s %s refused: %s; recomputing", what, entry, exc)
+        return None
+
+
+def write(entry: Path, obj: Any, key: str, what: str) -> None:
+    """``save``, warning instead of failing (a full disk must not fail the run that computed ``obj``)."""
+    try:
+        save(entry, obj, key)
+    except NotCacheable as exc:
+        log.warning("%s %r not cached: %s", what, key, exc)
+    except OSError as exc:
+        log.warning("%s %r not cached (%s: %s)", what, key, type(exc).__name__, exc)
 
 
 def load(entry: Path, key: str) -> Any:

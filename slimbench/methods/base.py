@@ -214,8 +214,7 @@ def forms_before(stages: list[type]) -> list[frozenset]:
 
 def check_stage_order(stages: list[type]) -> None:
     """Refuse a pipeline in which a stage meets a model form it cannot work on."""
-    forms: set[str] = {"dense"}
-    for i, cls in enumerate(stages):
+    for i, (cls, forms) in enumerate(zip(stages, forms_before(stages))):
         bad = forms - cls.accepts
         if bad:
             after = ", ".join(s.name for s in stages[:i])
@@ -224,7 +223,6 @@ def check_stage_order(stages: list[type]) -> None:
                 f"{' and '.join(FORMS[f] for f in sorted(bad))}, which {cls.name} cannot work on "
                 f"(it works on: {', '.join(sorted(cls.accepts))})"
             )
-        forms |= cls.produces
 
 
 def supports(method_cls: type, kind: str) -> bool:

@@ -41,7 +41,6 @@ applies only where the model has a null class (``null_class``; the MNIST DiT has
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,6 @@ from slimbench.methods.base import MethodBase, MethodResult, register_method
 from slimbench.methods.diffusion.cache import BranchCache, branches, check_branches
 from slimbench.params import check_params, param
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -192,24 +190,14 @@ def _gate_entry(bundle, cfg: LazyDiTConfig) -> Path | None:
 def _load_gates(entry: Path | None, cfg: LazyDiTConfig) -> dict | None:
     from slimbench import statcache
 
-    if entry is None:
-        return None
-    try:
-        return statcache.load(entry, _gate_key(cfg))
-    except statcache.CacheRefused as exc:
-        if (entry / statcache.SIDECAR).exists():
-            log.warning("lazydit gates %s refused: %s; training again", entry, exc)
-        return None
+    return None if entry is None else statcache.read(entry, _gate_key(cfg), "lazydit gates")
 
 
 def _store_gates(entry: Path, cfg: LazyDiTConfig, gates: dict[str, "LazyGate"], details: dict) -> None:
     from slimbench import statcache
 
-    try:
-        statcache.save(entry, {"gates": {name: g.weight.detach().cpu().clone() for name, g in gates.items()}, "details": details},
-                       _gate_key(cfg))
-    except OSError as exc:  # a read-only cache does not fail the run
-        log.warning("lazydit gates not stored in %s (%s)", entry, exc)
+    statcache.write(entry, {"gates": {name: g.weight.detach().cpu().clone() for name, g in gates.items()}, "details": details},
+                    _gate_key(cfg), "lazydit gates")
 
 
 # -- training ------------------------------------------------------------------------------------
