@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -384,7 +385,7 @@ class _Progress:
         if not self.writable:
             return
         placeholder = {**self.record.to_dict(), "status": "failed",
-                       "error": {"stage": stage, "type": "Interrupted", "pid": os.getpid(),
+                       "error": {"stage": stage, "type": "Interrupted", "pid": os.getpid(), "host": socket.gethostname(),
                                  "message": f"the run did not finish: its process ended during {stage} (killed, out of memory, "
                                             "power loss?) or it is still running"}}
         try:

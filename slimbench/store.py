@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -103,13 +104,40 @@ class ResultStore:
         return max(ok, key=lambda r: r.attempt_id) if ok else None
 
     def latest(self) -> list[RunRecord]:
-        """One record per run_id: the latest ``ok`` attempt, else the latest attempt."""
+        """One record per run_id: the latest ``ok`` attempt, else the latest attempt. A run's
+        placeholder whose process is still running (``running``) says so in its error
+        (``running: True``, message "running: reached <stage>") instead of reading as a failure."""
         best: dict[str, RunRecord] = {}
         for rec in self.records():
             cur = best.get(rec.run_id)
             if cur is None or _rank(rec) > _rank(cur):
                 best[rec.run_id] = rec
+        for rec in best.values():
+            if self.running(rec):
+                rec.error = {**rec.error, "running": True,
+                             "message": f"running: reached {rec.error.get('stage')} (pid {rec.error.get('pid')} on {rec.error.get('host')})"}
         return sorted(best.values(), key=lambda r: r.attempt_id)
+
+    def running(self, rec: RunRecord) -> bool:
+        """Whether ``rec`` is the placeholder of a run still executing: its lock file exists (a
+        finished run removes it) and the process that wrote it is alive on this host. (A
+        placeholder from another host stays a possible failure: its message says "or it is
+        still running".) The lock itself is never probed: a probe could make a starting run of
+        the same run_id believe another process holds it."""
+        error = rec.error or {}
+        if rec.status != "failed" or error.get("type") != "Interrupted" or error.get("host") != socket.gethostname():
+            return False
+        if not (self.locks_dir / f"{rec.run_id}.lock").exists():
+            return False
+        try:
+            os.kill(int(error["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        except (KeyError, TypeError, ValueError, OSError):
+            return False
+        return True
 
     def dataframe(self, latest_only: bool = True):
         """Records flattened to a pandas DataFrame: one row per record, one column per metric."""
@@ -149,6 +177,7 @@ def flatten_record(rec: RunRecord) -> dict:
         "suite": rec.eval.get("suite"),
         "protocol_fingerprint": rec.protocol_fingerprint,
         "error": (rec.error or {}).get("message"),
+        "running": bool((rec.error or {}).get("running")),
         "created_at": rec.created_at,
     }
     stages = rec.stages

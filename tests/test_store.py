@@ -64,3 +64,39 @@ def test_unreadable_record_is_skipped(tmp_path):
     store.write(_record("r1", "a1"))
     (store.records_dir / "broken__x.json").write_text("{not json")
     assert [r.run_id for r in store.records()] == ["r1"]
+
+
+def _placeholder(run_id, pid, host):
+    error = {"stage": "compress", "type": "Interrupted", "pid": pid, "host": host,
+             "message": "the run did not finish: its process ended during compress (killed, out of memory, power loss?) or it is still running"}
+    return _record(run_id, "20260101T000000-aaaa", "failed", error=error)
+
+
+def test_a_running_placeholder_reads_as_running_not_failed(tmp_path):
+    import os
+    import socket
+
+    from slimbench.leaderboard.aggregate import pool
+    from slimbench.leaderboard.board import status
+    from slimbench.store import flatten_record
+
+    store = ResultStore(tmp_path)
+    dead = mp.get_context("fork").Process(target=int)
+    dead.start()
+    dead.join()  # a pid that no longer runs
+    store.write(_placeholder("live", os.getpid(), socket.gethostname()))
+    store.write(_placeholder("dead", dead.pid, socket.gethostname()))
+    store.write(_placeholder("elsewhere", os.getpid(), "another-host"))
+    with store.lock("live"), store.lock("dead"), store.lock("elsewhere"):
+        latest = {r.run_id: r for r in store.latest()}
+        assert latest["live"].error["running"] is True
+        assert latest["live"].error["message"] == f"running: reached compress (pid {os.getpid()} on {socket.gethostname()})"
+        assert not latest["dead"].error.get("running") and not latest["elsewhere"].error.get("running")
+        assert all(r.status == "failed" for r in latest.values())  # the record itself is unchanged
+        rows = [flatten_record(r) for r in latest.values()]
+        by_id = {c.first["run_id"]: status(c) for c in pool([{**row, "dtype": None, "group_fingerprint": None, "calibration_set": None,
+                                                               "method_config": row["run_id"]} for row in rows])}
+        assert by_id["live"].startswith("running: reached compress")
+        assert by_id["dead"].startswith("failed: the run did not finish")
+    # the lock released (the run ended without replacing its placeholder: killed): a failure again
+    assert not any(r.error.get("running") for r in store.latest())

@@ -188,8 +188,11 @@ def cell(config: ConfigRow, column: tuple[str, str, str]) -> str:
 
 def status(config: ConfigRow) -> str:
     if not config.runs:
-        return f"failed: {config.failed[0].get('error') or ''}"[:60]
-    return "ok" if not config.failed else f"ok ({len(config.failed)} failed)"
+        first = config.failed[0]
+        return (first.get("error") or "running") if first.get("running") else f"failed: {first.get('error') or ''}"[:60]
+    running = sum(bool(r.get("running")) for r in config.failed)
+    notes = [f"{n} {what}" for n, what in ((len(config.failed) - running, "failed"), (running, "running")) if n]
+    return "ok" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def run_ids(config: ConfigRow) -> str:
