@@ -109,3 +109,19 @@ def test_an_experiments_records_are_found_by_run_id_and_its_missing_jobs_listed(
     assert len(data["missing"]) == 2 and all("magnitude" in m for m in data["missing"])
     assert {p.suffix for p in out.iterdir()} >= {".md", ".csv", ".html", ".json"}
     assert leaderboard(["--results-dir", str(tmp_path), "--experiment", "nope"]) == 2
+
+
+def test_a_leaderboard_that_matches_no_run_says_why(tmp_path, monkeypatch, capsys):
+    from slimbench.cli import leaderboard_main as leaderboard
+    from slimbench.records import RunRecord
+    from slimbench.store import ResultStore
+
+    monkeypatch.setenv("SLIMBENCH_DATA_DIR", str(FIXTURE_DATA_DIR))
+    overrides = ["model=tiny-llama", "tracker=none"]
+    job = experiment_jobs("magnitude-sweep", preflight(overrides))[0]
+    ResultStore(tmp_path).write(RunRecord(run_id=sorted(job.run_ids([]))[0], attempt_id="a", status="ok", model={"name": "tiny-llama"},
+                                          method={"name": "dense", "stages": [{"name": "dense", "config": {}}]}, eval={"suite": "quick"}).to_dict())
+    assert leaderboard(["--results-dir", str(tmp_path), "--experiment", "magnitude-sweep", "--no-plots", *overrides]) == 0
+    assert "none of the store" not in capsys.readouterr().err
+    assert leaderboard(["--results-dir", str(tmp_path), "--experiment", "magnitude-sweep", "--no-plots", *overrides, "seed=5"]) == 0
+    assert "none of the store's 1 runs is a job of experiment 'magnitude-sweep'" in capsys.readouterr().err

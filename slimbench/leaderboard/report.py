@@ -117,7 +117,8 @@ def main(argv: list[str], preflight: Callable[[list[str]], list[str]] = list) ->
         print(f"slimbench: error: results dir {args.results_dir!r} does not exist", file=sys.stderr)
         return 2
     try:
-        records, missing = select(args, ResultStore(args.results_dir).latest(), preflight)
+        stored = ResultStore(args.results_dir).latest()
+        records, missing = select(args, stored, preflight)
     except ConfigError as exc:
         print(f"slimbench: error: {exc}", file=sys.stderr)
         return 2
@@ -133,6 +134,10 @@ def main(argv: list[str], preflight: Callable[[list[str]], list[str]] = list) ->
     if args.wandb:
         log_wandb(board, name, written, args.results_dir)
     configs = sum(len(g.configs) for g in board.groups)
+    if args.experiment and missing and not records and stored:
+        print(f"slimbench: note: none of the store's {len(stored)} runs is a job of experiment {args.experiment!r} as given: "
+              "a run's identity includes every override and the data source, so pass the sweep's overrides and its "
+              "environment (SLIMBENCH_DATA_DIR) to the leaderboard too", file=sys.stderr)
     print(f"\n{len(records)} runs in {configs} configs" + (f", {len(missing)} job(s) not run yet" if missing else "")
           + "".join(f"\nwrote {p}" for p in written))
     return 0
