@@ -40,9 +40,10 @@ VALUE_OPS = ("=", "<=", ">=")
 COMPARES = ("value", "increase")
 CONFIRMED, CONTRADICTED, NOT_CHECKABLE = "confirmed", "contradicted", "not checkable here"
 PAPER_KEYS = {"id", "title", "authors", "venue", "arxiv", "code", "note"}
-PUBLISHED_KEYS = {"id", "source", "model", "setting", "metric", "value", "op", "tolerance", "protocol", "provenance", "note"}
+PUBLISHED_KEYS = {"id", "source", "model", "setting", "metric", "value", "op", "tolerance", "protocol", "provenance", "note",
+                  "checked_by"}
 RELATION_KEYS = {"id", "source", "statement", "metric", "relation", "match", "compare", "factor", "model", "protocol",
-                 "provenance", "note"}
+                 "provenance", "note", "checked_by"}
 
 
 # -- the schema -------------------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class Claim:
     factor: float = 0.5
     protocol: dict = field(default_factory=dict)
     note: str = ""
+    checked_by: str = ""  # a committed benchmark result that checks the claim where the store cannot (named when not checkable)
 
     @property
     def is_relation(self) -> bool:
@@ -172,7 +174,7 @@ def parse_claim(node: Any, paper: Paper, where: _Where) -> Claim:
     node = _keys(node, allowed, required, where)
     common = dict(paper=paper, id=_str(node, "id", where), source=_str(node, "source", where), metric=_metric(node, where),
                   provenance=_str(node, "provenance", where), note=str(node.get("note", "")).strip(),
-                  protocol=_protocol(node, where))
+                  protocol=_protocol(node, where), checked_by=_str(node, "checked_by", where, ""))
     if relation:
         compare = node.get("compare", "value")
         if compare not in COMPARES:
@@ -239,7 +241,11 @@ def check(claims: list[Claim], records) -> list[Verdict]:
 
     board = build([r for r in records if r.status == "ok"])
     by_id = {r.run_id: r for r in records}
-    return [(check_relation if c.is_relation else check_published)(c, board, by_id) for c in claims]
+    verdicts = [(check_relation if c.is_relation else check_published)(c, board, by_id) for c in claims]
+    for v in verdicts:
+        if v.status == NOT_CHECKABLE and v.claim.checked_by:
+            v.why += f"; checked outside the store: {v.claim.checked_by}"
+    return verdicts
 
 
 def _unknown_methods(methods: list[str]) -> list[str]:
@@ -384,13 +390,13 @@ def check_relation(claim: Claim, board, by_id: dict) -> Verdict:
 
 
 def check_published(claim: Claim, board, by_id: dict) -> Verdict:
+    groups = [g for g in board.groups if g.model == claim.model]
+    if not groups:  # the first reason: a paper's model is what a user most often lacks
+        held = ", ".join(sorted({g.model for g in board.groups})) or "nothing"
+        return Verdict(claim, NOT_CHECKABLE, why=f"model {claim.model} is not available here (the store holds: {held})")
     unknown = _unknown_methods([claim.setting["method"]])
     if unknown:
         return Verdict(claim, NOT_CHECKABLE, why=_not_implemented(unknown))
-    groups = [g for g in board.groups if g.model == claim.model]
-    if not groups:
-        held = ", ".join(sorted({g.model for g in board.groups})) or "nothing"
-        return Verdict(claim, NOT_CHECKABLE, why=f"model {claim.model} is not available here (the store holds: {held})")
     configs = [(g, c) for g in groups for c in g.configs if c.runs and selects(c, claim.setting)]
     measured = [(g, c) for g, c in configs if any(claim.metric in r for r in c.runs)]
     if not configs or not measured:

@@ -111,6 +111,13 @@ def test_published_numbers_say_why_they_cannot_be_checked_or_give_the_delta():
     assert check([_claim(value=40.0, op="<=")], store)[0].status == CONFIRMED
 
 
+def test_a_claim_checked_by_a_benchmark_names_it_when_the_store_cannot():
+    verdict = check([_claim(model="llama-7b", checked_by="benchmarks/x.py, results/benchmarks/x.md")], STORE[:4])[0]
+    assert verdict.status == NOT_CHECKABLE
+    assert verdict.why == "model llama-7b is not available here (the store holds: m); checked outside the store: benchmarks/x.py, results/benchmarks/x.md"
+    assert check([_claim(value=31.5, checked_by="b")], STORE[:4])[0].why == "= within 2%"  # checkable: the store's verdict alone
+
+
 def test_the_status_table_counts_every_status():
     verdicts = check([_claim(relation=RELATION["relation"]), _claim(model="x")], STORE[:4])
     table = to_markdown(verdicts)
