@@ -325,8 +325,13 @@ def _overlap(a, b) -> bool:
     return bool(a.ci95 and b.ci95) and abs(a.mean - b.mean) <= a.ci95 + b.ci95
 
 
-def _term_label(selector: dict, config, match: tuple) -> str:
-    shared = ", ".join(f"{m}={config.first.get(f'param.{m}')}" for m in match)
+def _term_label(selector: dict, config, claim: Claim) -> str:
+    """``method(match params)``; where two terms name the same method (SmoothQuant with and without
+    smoothing), also the parameters that tell them apart."""
+    keys = list(claim.match)
+    if sum(t["method"] == selector["method"] for t in claim.terms) > 1:
+        keys = [k for k in selector if k != "method" and k not in keys] + keys
+    shared = ", ".join(f"{m}={config.first.get(f'param.{m}')}" for m in keys)
     return selector["method"] + (f"({shared})" if shared else "")
 
 
@@ -348,13 +353,13 @@ def _evaluate(claim: Claim, group, case: tuple) -> tuple[bool, str] | None:
     stats = [_stat(c, claim, group) for c in case]
     if any(s is None for s in stats):
         return None
-    parts, ok, notes = [_term_label(claim.terms[0], case[0], claim.match) + " " + _fmt(stats[0])], True, []
+    parts, ok, notes = [_term_label(claim.terms[0], case[0], claim) + " " + _fmt(stats[0])], True, []
     for i, op in enumerate(claim.ops):
         a, b = stats[i], stats[i + 1]
         holds = _holds(a.mean, op, b.mean, claim.factor)
         ok &= holds
         rhs = f"{claim.factor:g} × " if op == "<<" else ""
-        parts.append(f"{op} {rhs}{_term_label(claim.terms[i + 1], case[i + 1], claim.match)} {_fmt(b)}")
+        parts.append(f"{op} {rhs}{_term_label(claim.terms[i + 1], case[i + 1], claim)} {_fmt(b)}")
         if not holds:
             notes.append(f"fails: {a.mean:.4g} {op} {rhs}{b.mean:.4g} (delta {a.mean - b.mean:+.4g})")
         elif op != "<<" and _overlap(a, b):

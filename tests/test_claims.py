@@ -118,6 +118,14 @@ def test_a_claim_checked_by_a_benchmark_names_it_when_the_store_cannot():
     assert check([_claim(value=31.5, checked_by="b")], STORE[:4])[0].why == "= within 2%"  # checkable: the store's verdict alone
 
 
+def test_terms_of_one_method_are_told_apart_by_their_parameters():
+    store = [_rec("s1", "smoothquant", 19.5, {"smooth": True, "alpha": 0.5}), _rec("s0", "smoothquant", 19.8, {"smooth": False, "alpha": 0.5})]
+    claim = _claim(relation=[{"method": "smoothquant", "smooth": True}, "<", {"method": "smoothquant", "smooth": False}], match=[])
+    verdict = check([claim], store)[0]
+    assert verdict.status == CONFIRMED
+    assert "smoothquant(smooth=True) 19.5 < smoothquant(smooth=False) 19.8" in verdict.measured
+
+
 def test_the_status_table_counts_every_status():
     verdicts = check([_claim(relation=RELATION["relation"]), _claim(model="x")], STORE[:4])
     table = to_markdown(verdicts)
