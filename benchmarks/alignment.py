@@ -468,25 +468,19 @@ def child(args) -> None:
 
 
 # -- the parent: both pipelines per method, one at a time, then the comparison -----------------------
-def compare_masks(a: dict, b: dict) -> dict:
-    """Per layer: fraction of weights whose pruned/kept state differs (bits of the packed masks)."""
-    rows = {}
-    for name in a:
-        diff = np.unpackbits(np.bitwise_xor(a[name].numpy(), b[name].numpy()), axis=-1)
-        rows[name] = float(diff.sum()) / (a[name].numel() * 8)
-    first = next((n for n, d in rows.items() if d > 0), None)
-    return {"first_layer_differing": first, "layers_identical": sum(d == 0 for d in rows.values()), "layers": len(rows),
-            "mean_mask_diff": sum(rows.values()) / len(rows), "max_mask_diff": max(rows.values()), "per_layer": rows}
-
-
-def compare_codes(a: dict, b: dict) -> dict:
-    """Per layer: fraction of weights whose integer code differs (the two grids' scales are compared through them)."""
+def compare_layers(a: dict, b: dict, kind: str) -> dict:
+    """Per layer: the fraction of weights whose state differs between the two pipelines, ``kind``
+    "mask" (pruned/kept: bits of the packed masks) or "code" (the integer codes of a quantization
+    grid, whose scales are compared through them)."""
     if a.keys() != b.keys():
-        raise RuntimeError(f"awq: the pipelines quantized different layers ({sorted(a.keys() ^ b.keys())})")
-    rows = {name: float((a[name] != b[name]).float().mean()) for name in a}
+        raise RuntimeError(f"the pipelines changed different layers ({sorted(a.keys() ^ b.keys())})")
+    if kind == "mask":
+        rows = {n: float(np.unpackbits(np.bitwise_xor(a[n].numpy(), b[n].numpy()), axis=-1).sum()) / (a[n].numel() * 8) for n in a}
+    else:
+        rows = {n: float((a[n] != b[n]).float().mean()) for n in a}
     first = next((n for n, d in rows.items() if d > 0), None)
     return {"first_layer_differing": first, "layers_identical": sum(d == 0 for d in rows.values()), "layers": len(rows),
-            "mean_code_diff": sum(rows.values()) / len(rows), "max_code_diff": max(rows.values()), "per_layer": rows}
+            f"mean_{kind}_diff": sum(rows.values()) / len(rows), f"max_{kind}_diff": max(rows.values()), "per_layer": rows}
 
 
 def compare_ranks(a: dict, b: dict) -> dict:
@@ -569,15 +563,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             entry = {p: run_child(args, method, p, Path(tmp)) for p in ("reference", "slimbench")}
-            if method == "awq":
-                entry["codes"] = compare_codes(torch.load(entry["reference"]["masks_path"]), torch.load(entry["slimbench"]["masks_path"]))
-                print(f"{method:9s} grid: {entry['codes']['layers_identical']}/{entry['codes']['layers']} layers with identical codes, "
-                      f"mean fraction of codes differing {entry['codes']['mean_code_diff']:.4%}, first differing layer "
-                      f"{entry['codes']['first_layer_differing']}", flush=True)
-            elif entry["reference"]["masks_path"]:
-                entry["masks"] = compare_masks(torch.load(entry["reference"]["masks_path"]), torch.load(entry["slimbench"]["masks_path"]))
-                print(f"{method:9s} masks: {entry['masks']['layers_identical']}/{entry['masks']['layers']} layers identical, mean difference "
-                      f"{entry['masks']['mean_mask_diff']:.4%}, first differing layer {entry['masks']['first_layer_differing']}", flush=True)
+            if entry["reference"]["masks_path"]:
+                kind = "code" if method == "awq" else "mask"
+                d = entry[f"{kind}s"] = compare_layers(torch.load(entry["reference"]["masks_path"]), torch.load(entry["slimbench"]["masks_path"]), kind)
+                print(f"{method:9s} {kind}s: {d['layers_identical']}/{d['layers']} layers identical, mean fraction differing "
+                      f"{d[f'mean_{kind}_diff']:.4%}, first differing layer {d['first_layer_differing']}", flush=True)
             if "ranks" in entry["reference"]:
                 entry["ranks"] = compare_ranks(entry["reference"]["ranks"], entry["slimbench"]["ranks"])
                 print(f"{method:9s} ranks: {entry['ranks']['layers_equal']}/{entry['ranks']['layers']} layers equal"

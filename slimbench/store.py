@@ -52,6 +52,9 @@ class ResultStore:
         write_atomic(path, record_json(record))
         return path
 
+    def _lock_path(self, run_id: str) -> Path:
+        return self.locks_dir / f"{run_id}.lock"
+
     @contextlib.contextmanager
     def lock(self, run_id: str) -> Iterator[bool]:
         """Non-blocking exclusive lock on a run_id; yields False if another process holds it.
@@ -60,7 +63,7 @@ class ResultStore:
         import fcntl
 
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        path = self.locks_dir / f"{run_id}.lock"
+        path = self._lock_path(run_id)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -127,7 +130,7 @@ class ResultStore:
         error = rec.error or {}
         if rec.status != "failed" or error.get("type") != "Interrupted" or error.get("host") != socket.gethostname():
             return False
-        if not (self.locks_dir / f"{rec.run_id}.lock").exists():
+        if not self._lock_path(rec.run_id).exists():
             return False
         try:
             os.kill(int(error["pid"]), 0)
