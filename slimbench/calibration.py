@@ -184,24 +184,6 @@ def _input_observer(acc: InputStats):
     return observe
 
 
-class BlockCosine:
-    """Mean over tokens of cos(block input, block output) (ShortGPT's 1 − Block Influence)."""
-
-    def __init__(self) -> None:
-        self.total, self.tokens = 0.0, 0
-
-    def attach(self, block, adapter, hooks) -> None:
-        pass
-
-    def on_block_io(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        cos = torch.nn.functional.cosine_similarity(inp.float(), out.float(), dim=-1)  # [B, T]
-        self.total += cos.double().sum().item()
-        self.tokens += cos.numel()
-
-    def result(self) -> float:
-        return self.total / self.tokens
-
-
 @dataclass
 class Step:
     """One observe-then-compress pass over a block.

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from slimbench.calibration import BlockCosine, CalibrationEngine, LinearInputs, Step, capture_block_inputs
+from slimbench.calibration import CalibrationEngine, LinearInputs, Step, capture_block_inputs
+from slimbench.methods.layerdrop.common import BlockIOCosines
 from slimbench.data.corpora import resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set
 
@@ -143,10 +144,10 @@ def test_block_cosine_is_one_minus_block_influence(tiny_bundle, calib_for):
     bundle = tiny_bundle("tiny-llama")
     calib = calib_for(bundle)
     reference = _block_inputs_by_hooks(bundle, calib)
-    stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, block: {"cos": BlockCosine()})
+    stats = CalibrationEngine(bundle, calib, progress=False).collect(lambda i, block: {"cos": BlockIOCosines()})
     x_in, x_out = torch.cat(reference[0]), torch.cat(reference[1])
     expected = torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1).mean().item()
-    assert stats[0]["cos"] == pytest.approx(expected, abs=1e-6)
+    assert stats[0]["cos"]["cos"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_compression_propagates_to_later_blocks(tiny_bundle, calib_for):

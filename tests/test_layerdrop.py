@@ -140,6 +140,23 @@ def test_shortgpt_removes_lowest_block_influence(calib_for):
     assert sorted(i for _, i in report.stages[0].details["drop_order"]) == sorted(sorted(range(LAYERS), key=lambda i: bi[i])[:2])
 
 
+def test_block_drop_and_shortgpt_share_one_block_pass(calib_for, text_dir, tmp_path, monkeypatch):
+    """Block Drop and ShortGPT (any options) read their scores from one cached pass over the blocks."""
+    from slimbench.calibration import CalibrationEngine
+
+    tokenizer = build("tiny-llama").tokenizer
+    calib = build_calibration_set(CalibConfig(nsamples=2, seqlen=40, seed=0), resolve_corpus("wikitext2", "validation", text_dir), tokenizer)
+    calib.cache_dir = tmp_path
+    compress(method("block_drop", drop_n=2), build("tiny-llama"), calib)
+    assert calib.cache_reads == []
+    uncached = {a: compress(method("shortgpt", drop_n=2, angular=a), build("tiny-llama"), calib_for(build("tiny-llama"))) for a in (False, True)}
+    monkeypatch.setattr(CalibrationEngine, "run", lambda *a, **k: pytest.fail("a second block pass instead of the shared one"))
+    for angular in (False, True):
+        report = compress(method("shortgpt", drop_n=2, angular=angular), build("tiny-llama"), calib)
+        assert report.stages[0].details["block_influence"] == uncached[angular].stages[0].details["block_influence"]
+    assert len(calib.cache_reads) == 2 and len(set(calib.cache_reads)) == 1
+
+
 # -- removal -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("name,sublayer", [("attn_drop", "attn"), ("mlp_drop", "mlp"), ("block_drop", None), ("shortgpt", None)])

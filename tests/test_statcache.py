@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from slimbench import statcache
-from slimbench.calibration import BlockCosine, CalibrationEngine, InputStats, LinearInputs
+from slimbench.calibration import CalibrationEngine, InputStats, LinearInputs
 from slimbench.data.corpora import resolve_corpus
 from slimbench.data.sampler import CalibConfig, build_calibration_set
-from slimbench.methods.layerdrop.common import BlockInfluenceCosine, SublayerCosine
+from slimbench.methods.layerdrop.common import BlockIOCosines, SublayerCosine
+from slimbench.models.adapters import get_path
 
 
 class _Payload:
@@ -75,8 +76,8 @@ def test_every_observer_result_round_trips_bitwise(engine_for, model, monkeypatc
     roles = tuple(bundle.adapter.block_linears(bundle.adapter.get_blocks(bundle.model)[0]))
 
     def observers(i, block):
-        return {"in": LinearInputs(roles, ALL_STATS), "cos": BlockCosine(), "attn": SublayerCosine("attn"),
-                "bi": BlockInfluenceCosine(angular=True)}
+        return {"in": LinearInputs(roles, ALL_STATS), "cos": BlockIOCosines(), "attn": SublayerCosine("attn"),
+                "bi": BlockIOCosines(final_norm=get_path(bundle.model, bundle.adapter.final_norm))}
 
     computed = engine().collect(observers, cache_key="all")
     monkeypatch.setattr(CalibrationEngine, "run", lambda *a, **k: pytest.fail("recomputed instead of read from the cache"))

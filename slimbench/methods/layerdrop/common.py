@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimbench.calibration import BlockCosine, CalibrationEngine
+from slimbench.calibration import CalibrationEngine
 from slimbench.errors import ConfigError
 from slimbench.hooks import FunctionHook, HookRegistry
 from slimbench.kernels.skipped import SkippedAttention, SkippedMLP
@@ -110,20 +110,34 @@ class SublayerCosine:
         return self.acc.mean()
 
 
-class BlockInfluenceCosine(BlockCosine):
-    """Mean cos(block input, block output) with ShortGPT's options: ``final_norm`` applied to
-    the output (its last hidden state is post-norm) and the angular form."""
+class BlockIOCosines:
+    """Every block-level similarity the block drops use, from one observation of (block input,
+    block output): the plain mean cosine (Block Drop), ShortGPT's angular form, and both with
+    the final norm applied to the output (``final_norm``, given for the last block: ShortGPT's
+    last hidden state is post-norm). Block Drop and ShortGPT with any options read their
+    variant from one cached pass (``block_similarities``)."""
 
-    def __init__(self, final_norm: nn.Module | None = None, angular: bool = False) -> None:
-        super().__init__()
-        self.final_norm, self.angular, self.acc = final_norm, angular, CosineSum()
+    def __init__(self, final_norm: nn.Module | None = None) -> None:
+        self.final_norm = final_norm
+        self.sums = {name: CosineSum() for name in block_variants(final_norm is not None)}
+
+    def attach(self, block: nn.Module, adapter: Adapter, hooks: HookRegistry) -> None:
+        pass
 
     def on_block_io(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        out = self.final_norm(out) if self.final_norm is not None else out
-        self.acc.add(inp, out, angular=self.angular)
+        outputs = {"": out}
+        if self.final_norm is not None:
+            outputs["+final_norm"] = self.final_norm(out)
+        for suffix, y in outputs.items():
+            self.sums["cos" + suffix].add(inp, y)
+            self.sums["angular" + suffix].add(inp, y, angular=True)
 
-    def result(self) -> float:
-        return self.acc.mean()
+    def result(self) -> dict[str, float]:
+        return {name: acc.mean() for name, acc in self.sums.items()}
+
+
+def block_variants(final_norm: bool) -> tuple[str, ...]:
+    return ("cos", "angular") + (("cos+final_norm", "angular+final_norm") if final_norm else ())
 
 
 def sublayer_parts(block: nn.Module, adapter: Adapter, sublayer: str) -> tuple[nn.Module, nn.Module, nn.Module | None]:
@@ -158,13 +172,17 @@ def sublayer_similarities(bundle, calib, kinds: tuple[str, ...], dropped: set[Ke
     return {(k, i): float(s[k]) for i, s in enumerate(stats) for k in kinds if k in s}
 
 
-def block_similarities(bundle, calib, alive: list[int], observer: Callable[[int, int], object] | None = None, key: str = "block-cosine-v1") -> dict[Key, float]:
-    """similarity per current block, keyed by the block's original index."""
+def block_similarities(bundle, calib, alive: list[int], variant: Callable[[int, int], str] = lambda i, n: "cos") -> dict[Key, float]:
+    """similarity per current block, keyed by the block's original index: ``variant(i, n_blocks)``
+    names which ``BlockIOCosines`` value block ``i`` is scored by. One cached pass per model and
+    block list serves Block Drop and ShortGPT with any options."""
     engine = CalibrationEngine(bundle, calib)
-    make = observer or (lambda i, n: BlockCosine())
+    adapter = bundle.adapter
+    final_norm = get_path(bundle.model, adapter.final_norm) if adapter.final_norm else None
     n = len(alive)
-    stats = engine.collect(lambda i, b: {"block": make(i, n)}, cache_key=f"layerdrop-{key}:{alive}", desc="block cosine")
-    return {("block", alive[i]): float(s["block"]) for i, s in enumerate(stats)}
+    stats = engine.collect(lambda i, b: {"block": BlockIOCosines(final_norm if i == n - 1 else None)},
+                           cache_key=f"layerdrop-block-io-cosines-v1:{alive}", desc="block cosine")
+    return {("block", alive[i]): float(s["block"][variant(i, n)]) for i, s in enumerate(stats)}
 
 
 def drop_by_similarity(bundle, calib, score: Callable[[list[int], list[Key]], dict[Key, float]], n: int, iterative: bool) -> tuple[list[Key], list[dict]]:
@@ -285,14 +303,14 @@ def sublayer_drop(bundle, calib, cfg: DropConfig, kinds: tuple[str, ...]) -> Met
     return MethodResult("dropped-modules", details=details, notes=[CALIBRATION_NOTE], layers=layers)
 
 
-def block_drop(bundle, calib, cfg: DropConfig, observer=None, key: str = "block-cosine-v1", note: str = CALIBRATION_NOTE) -> MethodResult:
-    """Block Drop (and ShortGPT through ``observer``): drop the most similar whole blocks."""
+def block_drop(bundle, calib, cfg: DropConfig, variant: Callable[[int, int], str] = lambda i, n: "cos", note: str = CALIBRATION_NOTE) -> MethodResult:
+    """Block Drop (and ShortGPT through ``variant``, see ``block_similarities``): drop the most similar whole blocks."""
     model, adapter = bundle.model, bundle.adapter
     n_blocks = len(adapter.get_blocks(model))
     check_count(cfg.drop_n, n_blocks, "blocks")
 
     def score(alive, gone):
-        return block_similarities(bundle, calib, alive, observer=observer, key=key)
+        return block_similarities(bundle, calib, alive, variant)
 
     dropped, rounds = drop_by_similarity(bundle, calib, score, cfg.drop_n, cfg.iterative)
     details = {"dropped_blocks": sorted(i for _, i in dropped)}

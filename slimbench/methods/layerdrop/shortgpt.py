@@ -27,8 +27,7 @@ import torch
 
 from slimbench.errors import ConfigError
 from slimbench.methods.base import MethodBase, MethodResult, register_method
-from slimbench.methods.layerdrop.common import DROP_ACCEPTS, BlockInfluenceCosine, DropConfig, block_drop, check_drop_count
-from slimbench.models.adapters import get_path
+from slimbench.methods.layerdrop.common import DROP_ACCEPTS, DropConfig, block_drop, check_drop_count
 from slimbench.params import check_params, param
 
 
@@ -55,14 +54,11 @@ class ShortGPT(MethodBase):
     @torch.no_grad()
     def apply(self, bundle, calib) -> MethodResult:
         cfg = self.config
-        final_norm = get_path(bundle.model, bundle.adapter.final_norm) if cfg.final_norm_last else None
+        def variant(i: int, n_blocks: int) -> str:  # the shared block pass's value ShortGPT reads
+            return ("angular" if cfg.angular else "cos") + ("+final_norm" if cfg.final_norm_last and i == n_blocks - 1 else "")
 
-        def observer(i: int, n_blocks: int) -> BlockInfluenceCosine:
-            return BlockInfluenceCosine(final_norm if i == n_blocks - 1 else None, angular=cfg.angular)
-
-        key = f"shortgpt-bi-v1:angular={cfg.angular}:final_norm_last={cfg.final_norm_last}"
         note = "reference calibration: PG19 validation, 256-token chunks; this run: its configured calibration set"
-        result = block_drop(bundle, calib, DropConfig(drop_n=cfg.drop_n), observer=observer, key=key, note=note)
+        result = block_drop(bundle, calib, DropConfig(drop_n=cfg.drop_n), variant=variant, note=note)
         sims = result.details["similarity"]["block"]
         result.details["block_influence"] = [None if s is None else round(1 - s, 8) for s in sims]
         result.details["importance"] = "Block Influence BI = 1 - similarity; the lowest-BI blocks are removed"
