@@ -121,7 +121,9 @@ def markdown(rows: list[dict], claims: list[dict], args) -> str:
                 "sqrt(acc (1 - acc) / (n - 1))."]
     out += ["", "## At equal mean active experts: top-p vs top-k", "",
             "Top-k accuracy linearly interpolated between the two top-k runs (same router) that bracket the top-p run's "
-            "mean active experts; the difference's standard error combines the three runs' lm-eval standard errors.", "",
+            "mean active experts; the difference's standard error combines the three runs' lm-eval standard errors as if "
+            "independent. The runs score the same questions, so this overstates the noise of the difference (lm-eval's "
+            "per-question scores, which a paired test needs, are not kept in the records).", "",
             "| router | p | mean active experts | task | top-p | top-k (interp.) | bracket k | top-p - top-k |", "|---|---|---|---|---|---|---|---|"]
     for c in claims:
         for label, t in c["tasks"].items():
