@@ -105,7 +105,8 @@ def markdown(rows: list[dict], claims: list[dict], args) -> str:
     out = [f"# {args.model}: zero-shot accuracy against mean active experts (benchmarks/moe_zeroshot.py)", "",
            "lm-eval 0-shot on the full splits (PIQA validation, 1,838 questions; ARC-Easy test, 2,376), one slimbench run "
            "per point from the results store. Mean active experts per token: counted by the routing hooks over every token "
-           "of the zero-shot forward passes (mean over the 30 MoE layers). MoEfied experts are summed with weight 1. "
+           "of the zero-shot forward passes (mean over the 30 MoE layers; lm-eval's right padding inside a batch of 8 "
+           "length-sorted requests is routed and counted too). MoEfied experts are summed with weight 1. "
            "The MLP router is trained on 8 x 2048 WikiText-2 validation windows (the router of moe_routing.md). "
            "Accuracies are fractions, ± lm-eval's standard error.", "",
            "| router | rule | k / p | mean active experts | " + " | ".join(label for _, _, label in TASKS) + " | eval s | run_id |",
