@@ -375,17 +375,20 @@ def check_relation(claim: Claim, board, by_id: dict) -> Verdict:
     if not groups:
         where = "the store holds no runs" if claim.model == "any" else f"model {claim.model} is not in the store"
         return Verdict(claim, NOT_CHECKABLE, why=where)
-    results, lacking = [], set()
+    results, lacking = [], None  # lacking: the terms missing from the most complete group
     for group in groups:
         cases, missing = _cases(claim, group, by_id)
-        lacking.update(missing)
+        if lacking is None or len(set(missing)) < len(lacking):
+            lacking = set(missing)
         for case in cases:
             outcome = _evaluate(claim, group, case)
             if outcome is not None:
                 results.append((group, *outcome))
     if not results:
-        need = ", ".join(sorted(lacking)) or "a shared setting of " + ", ".join(claim.match)
-        return Verdict(claim, NOT_CHECKABLE, why=f"no protocol group holds every term (missing: {need})")
+        if lacking:
+            return Verdict(claim, NOT_CHECKABLE, why=f"no protocol group holds every term (missing: {', '.join(sorted(lacking))})")
+        shared = f" in a shared setting of {', '.join(claim.match)}" if claim.match else ""
+        return Verdict(claim, NOT_CHECKABLE, why=f"no protocol group holds every term with {claim.metric}{shared}")
     failed = [r for r in results if not r[1]]
     shown = failed or results
     measured = "; ".join(f"{g.model}/{g.suite}: {text}" for g, _, text in shown[:4])
