@@ -145,3 +145,14 @@ def test_the_committed_registry_loads_and_names_real_parameters():
             fields = {f.name for f in dataclasses.fields(cls.Config)}
             assert set(selector) - {"method"} <= fields, (claim.id, selector)
         assert set(claim.match) <= {f.name for _, m in METHODS.items() for f in dataclasses.fields(m.Config)}, claim.id
+
+
+def test_an_unchecked_relation_names_what_the_most_complete_group_lacks():
+    wanda = {"sparsity": 0.5, "pattern": "unstructured"}
+    other_group = [_rec("d2", "dense", 20.0, fp="q"), _rec("m2", "magnitude", 400.0, wanda, fp="q")]
+    claim = _claim(relation=[{"method": "sparsegpt"}, "<", {"method": "wanda"}])
+    # group p lacks sparsegpt; group q lacks both: the reason is the nearest group's gap, not the union
+    assert check([claim], STORE[:4] + other_group)[0].why == "no protocol group holds every term (missing: sparsegpt)"
+    every_term = [_rec("s", "sparsegpt", 28.0, wanda)] + STORE[:4]
+    assert check([_claim(relation=[{"method": "sparsegpt"}, "<", {"method": "wanda"}], metric="zeroshot.piqa.acc")], every_term)[0].why == \
+        "no protocol group holds every term with zeroshot.piqa.acc in a shared setting of pattern"
