@@ -75,20 +75,13 @@ def point(bundle, calib, method: str, params: dict, args) -> dict:
     return row
 
 
-def interpolate(points: list[tuple[float, float]], x: float, log: bool = False) -> float | None:
-    """The value at ``x`` on the piecewise-linear curve through ``points`` (x, y), linear in
-    log y with ``log``; None outside the points' x range."""
-    pts = sorted((px, math.log(py) if log else py) for px, py in points)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-            return math.exp(y) if log else y
-    return None
-
-
 def interpolate_topk(topk: list[dict], experts: float) -> float | None:
     """Top-k perplexity at ``experts`` mean active experts (log-linear between neighbouring k)."""
-    return interpolate([(r["experts_per_token"], r["ppl"]) for r in topk], experts, log=True)
+    pts = sorted((r["experts_per_token"], math.log(r["ppl"])) for r in topk)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= experts <= x1:
+            return math.exp(y0 + (y1 - y0) * (experts - x0) / (x1 - x0))
+    return None
 
 
 # -- latency ------------------------------------------------------------------------------------------

@@ -27,8 +27,6 @@ import json
 import math
 from pathlib import Path
 
-from moe_routing import interpolate  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
 from slimbench.store import ResultStore
 
 TASKS = (("piqa", "acc", "PIQA acc"), ("arc_easy", "acc", "ARC-e acc"), ("arc_easy", "acc_norm", "ARC-e acc_norm"))
@@ -74,15 +72,16 @@ def matched(rows: list[dict]) -> list[dict]:
     for tp in (r for r in rows if r["rule"] == "top-p"):
         topk = [r for r in rows if (r["rule"] == "top-k" and r["router"] == tp["router"]) or r["rule"] == "all experts"]
         item = {"router": tp["router"], "p": tp["param"], "experts": tp["experts"], "tasks": {}}
+        # the two top-k runs that bracket top-p's mean experts; linear between them, stderrs with the same weights
+        lo = max((r for r in topk if r["experts"] <= tp["experts"]), key=lambda r: r["experts"], default=None)
+        hi = min((r for r in topk if r["experts"] >= tp["experts"]), key=lambda r: r["experts"], default=None)
+        w = None if lo is None or hi is None else 0.0 if hi["experts"] == lo["experts"] else (tp["experts"] - lo["experts"]) / (hi["experts"] - lo["experts"])
         for _, _, label in TASKS:
-            k_acc = interpolate([(r["experts"], r[label]) for r in topk], tp["experts"])
-            # the interpolated value's stderr: the bracketing runs' stderrs combined with their weights
-            lo = max((r for r in topk if r["experts"] <= tp["experts"]), key=lambda r: r["experts"], default=None)
-            hi = min((r for r in topk if r["experts"] >= tp["experts"]), key=lambda r: r["experts"], default=None)
-            se = None
-            if k_acc is not None and lo and hi and lo[label + " se"] is not None and hi[label + " se"] is not None:
-                w = 0.0 if hi["experts"] == lo["experts"] else (tp["experts"] - lo["experts"]) / (hi["experts"] - lo["experts"])
-                se = math.hypot((1 - w) * lo[label + " se"], w * hi[label + " se"])
+            k_acc = se = None
+            if w is not None:
+                k_acc = (1 - w) * lo[label] + w * hi[label]
+                if lo[label + " se"] is not None and hi[label + " se"] is not None:
+                    se = math.hypot((1 - w) * lo[label + " se"], w * hi[label + " se"])
             diff = None if k_acc is None else tp[label] - k_acc
             diff_se = None if se is None or tp[label + " se"] is None else math.hypot(se, tp[label + " se"])
             item["tasks"][label] = {"topp": tp[label], "topk": k_acc, "diff": diff, "diff_se": diff_se,

@@ -119,7 +119,8 @@ class BlockIOCosines:
 
     def __init__(self, final_norm: nn.Module | None = None) -> None:
         self.final_norm = final_norm
-        self.sums = {name: CosineSum() for name in block_variants(final_norm is not None)}
+        suffixes = ("", "+final_norm") if final_norm is not None else ("",)
+        self.sums = {kind + suffix: CosineSum() for suffix in suffixes for kind in ("cos", "angular")}
 
     def attach(self, block: nn.Module, adapter: Adapter, hooks: HookRegistry) -> None:
         pass
@@ -134,10 +135,6 @@ class BlockIOCosines:
 
     def result(self) -> dict[str, float]:
         return {name: acc.mean() for name, acc in self.sums.items()}
-
-
-def block_variants(final_norm: bool) -> tuple[str, ...]:
-    return ("cos", "angular") + (("cos+final_norm", "angular+final_norm") if final_norm else ())
 
 
 def sublayer_parts(block: nn.Module, adapter: Adapter, sublayer: str) -> tuple[nn.Module, nn.Module, nn.Module | None]:
